@@ -1,0 +1,399 @@
+"""The ``mobile-o`` command line (also ``python -m mobile_o_ros``).
+
+Every verb prints a one-line ``mobile-o: error: ...`` and exits nonzero on bad input; heavy libraries are
+imported only by the verbs that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mobile_o_ros import validation
+from mobile_o_ros.model_config import PRESETS
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+class CliError(Exception):
+    """A user-facing failure; the message is printed as one line."""
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _read_image(path: str):
+    """An RGB uint8 array from an image file, or a CliError."""
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"image not found: {path}")
+    bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise CliError(f"cannot read image: {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _write_image(path: str, rgb) -> None:
+    import cv2
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise CliError(f"cannot write image: {path}", EXIT_FAILURE)
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar over denoising steps on a terminal, else a no-op callback."""
+    if not enabled or not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr)
+    return (lambda step, total_: bar.update(1)), bar.close
+
+
+def _is_export_dir(path: Path) -> bool:
+    return (path / "manifest.json").is_file()
+
+
+def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
+    print(json.dumps(result, indent=2) if as_json else text)
+
+
+def _reference_pipeline(model_dir: Path, dtype_name: str):
+    import torch
+
+    from mobile_o_ros.reference.checkpoint import CheckpointError, load_checkpoint
+    from mobile_o_ros.reference.pipelines import ReferencePipeline
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    try:
+        loaded = load_checkpoint(model_dir)
+    except CheckpointError as err:
+        raise CliError(str(err)) from err
+    return ReferencePipeline(loaded.model, loaded.tokenizer, gen_dtype=dtype)
+
+
+def _runtime(model_dir: Path, backend: str):
+    from mobile_o_ros.runtime.engine import MobileORuntime
+
+    return MobileORuntime.load(model_dir, backend=backend)
+
+
+def _check_model(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise CliError(f"model not found: {path}")
+    if not p.is_dir():
+        raise CliError(f"model must be a checkpoint or export folder: {path}")
+    return p
+
+
+def _seed(seed: int | None) -> int:
+    import random
+
+    s = validation.check_seed(seed)
+    return random.SystemRandom().randrange(2**31) if s is None else s
+
+
+def _use_runtime(args: argparse.Namespace, model_dir: Path) -> bool:
+    if args.backend == "torch":
+        if _is_export_dir(model_dir):
+            raise CliError(f"{model_dir} is an export folder: use --backend onnxruntime (or tensorrt)")
+        return False
+    if args.backend in ("onnxruntime", "tensorrt"):
+        return True
+    return _is_export_dir(model_dir)  # auto
+
+
+# ------------------------------------------------------------------------------------------- verbs
+def cmd_make_tiny_checkpoint(args: argparse.Namespace) -> int:
+    from mobile_o_ros.reference.tiny import make_tiny_checkpoint
+
+    out = make_tiny_checkpoint(Path(args.dir), seed=args.seed)
+    print(f"wrote tiny checkpoint to {out}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from mobile_o_ros.reference.inspect_model import inspect_target
+
+    if bool(args.model) == bool(args.config):
+        raise CliError("give either MODEL or --config NAME")
+    validation.check_steps(args.steps)
+    if args.model:
+        _check_model(args.model)
+    try:
+        report = inspect_target(args.model, args.config, args.steps)
+    except (OSError, ValueError, KeyError) as err:
+        raise CliError(f"cannot inspect {args.model or args.config}: {err}") from err
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"config: {report['config']}")
+    for name, c in report["components"].items():
+        print(f"  {name:<13} {c['parameters']:>14,} parameters  {c['checkpoint_keys']:>5} keys  {c['dtypes']}")
+    print(f"  {'total':<13} {report['total_parameters']:>14,} parameters  {report['checkpoint_keys']:>5} keys")
+    ts = report["scheduler"]["timesteps"]
+    print(f"timesteps ({report['scheduler']['steps']} steps): {', '.join(map(str, ts))}")
+    return 0
+
+
+def _validate_gen_args(args: argparse.Namespace) -> None:
+    validation.check_steps(args.steps)
+    validation.check_guidance(args.guidance)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    prompt = validation.check_text(args.prompt, "prompt")
+    _validate_gen_args(args)
+    model_dir = _check_model(args.model)
+    seed = _seed(args.seed)
+    callback, close = _progress(args.steps, not args.json)
+    t0 = time.perf_counter()
+    try:
+        if _use_runtime(args, model_dir):
+            result = _runtime(model_dir, args.backend).generate(
+                prompt, steps=args.steps, guidance_scale=args.guidance, seed=seed, on_step=callback
+            )
+            image = result.image
+        else:
+            pipe = _reference_pipeline(model_dir, args.dtype)
+            image = pipe.generate(prompt, steps=args.steps, guidance_scale=args.guidance, seed=seed, callback=callback)
+    finally:
+        close()
+    _write_image(args.output, image)
+    latency = (time.perf_counter() - t0) * 1000
+    _emit({"output": args.output, "seed": seed, "steps": args.steps, "guidance_scale": args.guidance,
+           "latency_ms": round(latency, 1)}, args.json, f"wrote {args.output} (seed {seed}, {latency:.0f} ms)")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    instruction = validation.check_text(args.instruction, "instruction")
+    _validate_gen_args(args)
+    image = _read_image(args.image)
+    model_dir = _check_model(args.model)
+    seed = _seed(args.seed)
+    callback, close = _progress(args.steps, not args.json)
+    t0 = time.perf_counter()
+    try:
+        if _use_runtime(args, model_dir):
+            result = _runtime(model_dir, args.backend).edit(
+                image, instruction, steps=args.steps, guidance_scale=args.guidance, seed=seed, on_step=callback
+            )
+            out = result.image
+        else:
+            pipe = _reference_pipeline(model_dir, args.dtype)
+            out = pipe.edit(image, instruction, steps=args.steps, guidance_scale=args.guidance, seed=seed,
+                            callback=callback)
+    finally:
+        close()
+    _write_image(args.output, out)
+    latency = (time.perf_counter() - t0) * 1000
+    _emit({"output": args.output, "seed": seed, "steps": args.steps, "guidance_scale": args.guidance,
+           "latency_ms": round(latency, 1)}, args.json, f"wrote {args.output} (seed {seed}, {latency:.0f} ms)")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    question = validation.check_text(args.question, "question")
+    validation.check_max_new_tokens(args.max_new_tokens)
+    temperature = validation.check_temperature(args.temperature)
+    validation.check_top_p(args.top_p)
+    image = _read_image(args.image)
+    model_dir = _check_model(args.model)
+    seed = _seed(args.seed)
+    t0 = time.perf_counter()
+    if _use_runtime(args, model_dir):
+        res = _runtime(model_dir, args.backend).ask(
+            image, question, max_new_tokens=args.max_new_tokens, temperature=temperature, top_p=args.top_p,
+            top_k=args.top_k, seed=seed,
+        )
+        text, n = res.answer, res.num_tokens
+    else:
+        pipe = _reference_pipeline(model_dir, "fp32")
+        ans = pipe.answer(image, question, max_new_tokens=args.max_new_tokens, temperature=temperature,
+                          top_p=args.top_p, top_k=args.top_k, seed=seed)
+        text, n = ans.text, len(ans.token_ids)
+    latency = (time.perf_counter() - t0) * 1000
+    _emit({"answer": text, "num_tokens": n, "seed": seed, "latency_ms": round(latency, 1)}, args.json, text)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mobile_o_ros.export.onnx_export import export_model
+    from mobile_o_ros.reference.checkpoint import CheckpointError, load_checkpoint
+
+    model_dir = _check_model(args.model)
+    try:
+        loaded = load_checkpoint(model_dir)
+    except CheckpointError as err:
+        raise CliError(str(err)) from err
+    t0 = time.perf_counter()
+    manifest = export_model(loaded, Path(args.out_dir), only=args.only, lm_head_chunks=args.lm_head_chunks)
+    graphs = ", ".join(manifest["graphs"])
+    print(f"exported {graphs} to {args.out_dir} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from mobile_o_ros.export.parity import parity_report
+    from mobile_o_ros.reference.checkpoint import CheckpointError, load_checkpoint
+    from mobile_o_ros.runtime.engine import MobileORuntime
+    from mobile_o_ros.runtime.manifest import ManifestError
+
+    try:
+        loaded = load_checkpoint(_check_model(args.checkpoint))
+        runtime = MobileORuntime.load(_check_model(args.export_dir), backend="onnxruntime", verify=True)
+    except (CheckpointError, ManifestError) as err:
+        raise CliError(str(err)) from err
+    report = parity_report(loaded, runtime, steps=args.steps)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for graph, outputs in report["graphs"].items():
+            for out, m in outputs.items():
+                flag = "ok " if m["pass"] else "BAD"
+                print(f"{flag} {graph:<12} {out:<20} cosine {m['cosine']:.8f}  max_abs {m['max_abs']:.3e}"
+                      f"  (ref max {m['ref_max_abs']:.3e})")
+        e = report["end_to_end"]
+        print(f"answer identical: {e['answer']['identical_ids']} ({e['answer']['num_tokens']} tokens)")
+        print(f"generate PSNR {e['generate']['psnr_db']:.2f} dB, edit PSNR {e['edit']['psnr_db']:.2f} dB "
+              f"({e['generate']['steps']} steps)")
+        print("PASS" if report["pass"] else "FAIL")
+    return 0 if report["pass"] else EXIT_FAILURE
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mobile_o_ros.demo import run_demo
+
+    return run_demo(Path(args.out), model=args.model)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mobile_o_ros.bench import run_bench
+
+    return run_bench(Path(args.out), quick=args.quick)
+
+
+# ------------------------------------------------------------------------------------------- parser
+def _add_gen_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance", type=float, default=1.5, help="CFG scale (default 1.5)")
+    p.add_argument("--seed", type=int, default=None, help="noise seed (default: random; -1 = random)")
+    p.add_argument("-o", "--output", required=True, help="output PNG path")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto",
+                   help="auto: torch for a checkpoint folder, onnxruntime for an export folder")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="torch backend precision of the generation path (the reference uses bf16)")
+    p.add_argument("--json", action="store_true", help="print a JSON result")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of all verbs."""
+    parser = argparse.ArgumentParser(prog="mobile-o", description="Mobile-O on robots: export, run, serve.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random checkpoint in the real key layout")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_tiny_checkpoint)
+
+    p = sub.add_parser("inspect", help="parameter/key counts of a checkpoint or a named config")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--config", choices=PRESETS)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("ask", help="answer a question about an image")
+    p.add_argument("model")
+    p.add_argument("--image", required=True)
+    p.add_argument("question")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--seed", type=int, default=None)
+    _add_common(p)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("generate", help="generate a 512x512 image from a prompt")
+    p.add_argument("model")
+    p.add_argument("prompt")
+    _add_gen_options(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("edit", help="edit an image following an instruction")
+    p.add_argument("model")
+    p.add_argument("--image", required=True)
+    p.add_argument("instruction")
+    _add_gen_options(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX graphs + manifest")
+    p.add_argument("model")
+    p.add_argument("out_dir")
+    p.add_argument("--only", nargs="+", default=None, help="export only these graphs")
+    p.add_argument("--lm-head-chunks", type=int, default=None, help="split the LM head along the vocabulary")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("parity", help="compare an export with the PyTorch reference")
+    p.add_argument("checkpoint")
+    p.add_argument("export_dir")
+    p.add_argument("--steps", type=int, default=4, help="denoising steps for the end-to-end images")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("demo", help="run the demo and write outputs under OUT")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--model", default=None, help="checkpoint or export folder (default: the embedded model)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmark components; JSON and PNG under OUT")
+    p.add_argument("--out", default="bench_out")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mobile-o``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("guidance", "temperature", "top_p"):
+        value = getattr(args, name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            print(f"mobile-o: error: {name.replace('_', '-')} must be finite, got {value}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    try:
+        return int(args.func(args) or 0)
+    except validation.InvalidRequest as err:
+        print(f"mobile-o: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CliError as err:
+        print(f"mobile-o: error: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print("mobile-o: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

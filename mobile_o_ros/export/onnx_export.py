@@ -1,0 +1,239 @@
+"""``mobile-o export``: the five parts (six graphs) as standard-op ONNX, plus the host tables and a manifest.
+
+Exporter pinned: TorchScript path (``dynamo=False``), opset 17, constant folding; only default-domain ops
+(no ONNX Runtime contrib ops), so TensorRT 10.3's parser takes every graph. Weights over 2 GB go to one
+external-data file per graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from mobile_o_ros import prompts
+from mobile_o_ros.export import graphs
+from mobile_o_ros.reference.checkpoint import LoadedCheckpoint, checkpoint_sha256
+
+OPSET = 17
+MANIFEST_VERSION = 1
+#: Above this many bytes of weights a graph is saved with external data (protobuf's limit is 2 GiB).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: Default KV capacity the decode graph is exercised with; the axis is dynamic.
+DEFAULT_KV_CAPACITY = 1024
+
+
+@dataclass
+class GraphSpec:
+    """One graph: its wrapper, example inputs, names and dynamic axes."""
+
+    name: str
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+
+
+def graph_specs(model, lm_head_chunks: int) -> list[GraphSpec]:
+    """The six graphs of Mobile-O with small example inputs (shapes only matter for tracing)."""
+    cfg = model.config
+    d = cfg.hidden_size
+    n_layers = int(cfg.llm["num_hidden_layers"])
+    kv_heads = int(cfg.llm["num_key_value_heads"])
+    head_dim = d // int(cfg.llm["num_attention_heads"])
+    c, h, w = cfg.latent_shape
+    t, cap, n = 4, 16, 12
+    mask = torch.zeros(1, 1, t, cap)
+    mask[..., t:] = graphs.MASK_VALUE
+    return [
+        GraphSpec("vision", graphs.VisionGraph(model),
+                  {"images": torch.rand(1, 3, cfg.image_size, cfg.image_size)}, ["image_embeds"],
+                  {"images": {0: "batch"}, "image_embeds": {0: "batch"}}),
+        GraphSpec("llm_hidden", graphs.LlmHiddenGraph(model), {"inputs_embeds": torch.randn(1, 16, d)},
+                  ["mcp_inputs"], {"inputs_embeds": {1: "seq"}, "mcp_inputs": {2: "seq"}}),
+        GraphSpec("llm_decode", graphs.LlmDecodeGraph(model, lm_head_chunks),
+                  {"inputs_embeds": torch.randn(1, t, d), "position_ids": torch.arange(t)[None],
+                   "attention_mask": mask, "kv_cache": torch.zeros(n_layers, 2, 1, kv_heads, cap, head_dim)},
+                  ["logits", "kv_cache_out"],
+                  {"inputs_embeds": {1: "seq"}, "position_ids": {1: "seq"},
+                   "attention_mask": {2: "seq", 3: "cache_len"}, "kv_cache": {4: "cache_len"},
+                   "kv_cache_out": {4: "cache_len"}}),
+        GraphSpec("mcp", graphs.McpGraph(model), {"hidden_states": torch.randn(2, cfg.mcp.num_layers, n, d)},
+                  ["conditioning"], {"hidden_states": {0: "batch", 2: "seq"}, "conditioning": {0: "batch", 1: "seq"}}),
+        GraphSpec("dit", graphs.DitGraph(model),
+                  {"latents": torch.randn(2, c, h, w), "timestep": torch.tensor([999.0, 999.0]),
+                   "encoder_hidden_states": torch.randn(2, n, cfg.mcp.output_dim),
+                   "encoder_attention_mask": torch.ones(2, n)},
+                  ["velocity"],
+                  {"latents": {0: "batch"}, "timestep": {0: "batch"},
+                   "encoder_hidden_states": {0: "batch", 1: "text_len"},
+                   "encoder_attention_mask": {0: "batch", 1: "text_len"}, "velocity": {0: "batch"}}),
+        GraphSpec("vae_decoder", graphs.VaeDecoderGraph(model), {"latents": torch.randn(1, c, h, w)}, ["image"], {}),
+    ]
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _param_bytes(module: nn.Module) -> int:
+    seen, total = set(), 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+def _io_description(model_proto: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
+    def describe(values) -> list[dict]:
+        out = []
+        for v in values:
+            tt = v.type.tensor_type
+            shape = [dim.dim_param if dim.dim_param else int(dim.dim_value) for dim in tt.shape.dim]
+            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name})
+        return out
+
+    return describe(model_proto.graph.input), describe(model_proto.graph.output)
+
+
+def _check_standard_ops(model_proto: onnx.ModelProto, name: str) -> list[str]:
+    ops = sorted({n.op_type for n in model_proto.graph.node})
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in model_proto.graph.node if n.domain not in ("", "ai.onnx")})
+    if foreign:
+        raise RuntimeError(f"{name}: non-standard ops would not parse in TensorRT: {', '.join(foreign)}")
+    return ops
+
+
+def export_graph(spec: GraphSpec, out_dir: Path, opset: int = OPSET) -> dict[str, Any]:
+    """Trace one wrapper to ``<name>.onnx`` (external data when large) and describe it."""
+    path = out_dir / f"{spec.name}.onnx"
+    external = _param_bytes(spec.module) > EXTERNAL_DATA_THRESHOLD
+    t0 = time.perf_counter()
+    with torch.inference_mode(False), torch.no_grad(), tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        target = Path(tmp) / path.name if external else path
+        torch.onnx.export(
+            spec.module.eval(), tuple(spec.inputs.values()), str(target), dynamo=False, opset_version=opset,
+            input_names=list(spec.inputs), output_names=spec.outputs, dynamic_axes=spec.dynamic_axes or None,
+            do_constant_folding=True,
+        )
+        if external:
+            proto = onnx.load(str(target))
+            onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=f"{path.name}.data", size_threshold=1024)
+    onnx.checker.check_model(str(path))
+    proto = onnx.load(str(path), load_external_data=False)
+    inputs, outputs = _io_description(proto)
+    files = [path.name] + ([f"{path.name}.data"] if external else [])
+    return {
+        "file": path.name,
+        "files": files,
+        "inputs": inputs,
+        "outputs": outputs,
+        "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in spec.dynamic_axes.items()},
+        "op_types": _check_standard_ops(proto, spec.name),
+        "num_nodes": len(proto.graph.node),
+        "weights_bytes": _param_bytes(spec.module),
+        "export_seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _write_tokenizer(checkpoint: Path, out_dir: Path) -> None:
+    src = checkpoint / "tokenizer.json"
+    if src.is_file():
+        shutil.copyfile(src, out_dir / "tokenizer.json")
+        return
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(checkpoint), use_fast=True).backend_tokenizer.save(str(out_dir / "tokenizer.json"))
+
+
+def _special_ids(tokenizer) -> dict[str, int | None]:
+    names = {"im_start": prompts.IM_START, "im_end": prompts.IM_END, "endoftext": prompts.ENDOFTEXT,
+             "image": prompts.IMAGE_PLACEHOLDER}
+    ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in names.items()}
+    ids["eos"] = ids["im_end"]
+    ids["image_token_index"] = prompts.IMAGE_TOKEN_INDEX
+    return ids
+
+
+def export_model(
+    loaded: LoadedCheckpoint,
+    out_dir: str | Path,
+    only: list[str] | None = None,
+    lm_head_chunks: int | None = None,
+    kv_capacity: int = DEFAULT_KV_CAPACITY,
+    opset: int = OPSET,
+) -> dict[str, Any]:
+    """Export every graph of ``loaded`` into ``out_dir`` and write ``manifest.json``; returns the manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = loaded.model.float().eval()
+    cfg = model.config
+    vocab = int(cfg.llm["vocab_size"])
+    chunks = lm_head_chunks or graphs.lm_head_chunks_for(vocab, cfg.hidden_size)
+    graphs_meta: dict[str, Any] = {}
+    for spec in graph_specs(model, chunks):
+        if only and spec.name not in only:
+            continue
+        graphs_meta[spec.name] = export_graph(spec, out_dir, opset)
+
+    table = model.llm.get_input_embeddings().weight.detach().float().numpy()
+    np.save(out_dir / "embed_tokens.npy", table)
+    _write_tokenizer(loaded.path, out_dir)
+
+    n_heads = int(cfg.llm["num_attention_heads"])
+    manifest: dict[str, Any] = {
+        "format": "mobile_o_ros.export",
+        "version": MANIFEST_VERSION,
+        "exporter": {"torch": torch.__version__, "onnx": onnx.__version__, "dynamo": False, "opset": opset,
+                     "do_constant_folding": True, "dtype": "float32"},
+        "source_checkpoint": {"path": str(loaded.path), "sha256": checkpoint_sha256(loaded.path)},
+        "model": {
+            "name": cfg.name,
+            "hidden_size": cfg.hidden_size,
+            "num_layers": int(cfg.llm["num_hidden_layers"]),
+            "num_attention_heads": n_heads,
+            "num_key_value_heads": int(cfg.llm["num_key_value_heads"]),
+            "head_dim": cfg.hidden_size // n_heads,
+            "vocab_size": vocab,
+            "max_position_embeddings": int(cfg.llm.get("max_position_embeddings", 32768)),
+            "mcp_num_layers": cfg.mcp.num_layers,
+            "caption_dim": cfg.mcp.output_dim,
+            "latent_shape": list(cfg.latent_shape),
+            "vae_scaling_factor": cfg.vae_scaling_factor,
+            "output_size": cfg.output_size,
+            "lm_head_chunks": chunks,
+            "kv_capacity": kv_capacity,
+            "mask_value": graphs.MASK_VALUE,
+        },
+        "image": {"size": cfg.image_size, "num_tokens": cfg.num_image_tokens, "pad_color": [0, 0, 0],
+                  "resample": "bicubic", "rescale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1]},
+        "prompts": {"system": prompts.SYSTEM_PROMPT, "generation_prefix": prompts.GENERATION_PREFIX,
+                    "edit_prefix": prompts.EDIT_PREFIX, "image_placeholder": prompts.IMAGE_PLACEHOLDER,
+                    "template": prompts.chat_prompt("{content}")},
+        "special_tokens": _special_ids(loaded.tokenizer),
+        "scheduler": cfg.scheduler,
+        "defaults": {"steps": cfg.defaults.steps, "guidance_scale": cfg.defaults.guidance_scale,
+                     "max_new_tokens": cfg.defaults.max_new_tokens, "temperature": cfg.defaults.temperature},
+        "graphs": graphs_meta,
+    }
+    files = sorted({f for g in graphs_meta.values() for f in g["files"]} | {"embed_tokens.npy", "tokenizer.json"})
+    manifest["files"] = {f: sha256_file(out_dir / f) for f in files}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

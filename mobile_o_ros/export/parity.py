@@ -1,0 +1,140 @@
+"""``mobile-o parity``: every exported graph and the end-to-end results against the PyTorch reference."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from mobile_o_ros import prompts
+from mobile_o_ros.export import graphs
+from mobile_o_ros.reference.checkpoint import LoadedCheckpoint
+from mobile_o_ros.reference.pipelines import ReferencePipeline, tokenizer_image_token
+from mobile_o_ros.reference.preprocess import reference_preprocess
+from mobile_o_ros.runtime.engine import MobileORuntime
+
+COSINE_THRESHOLD = 0.99999
+PSNR_THRESHOLD_DB = 40.0
+
+
+def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """Cosine similarity, max and mean absolute error of ``out`` against ``ref`` (both flattened, fp64)."""
+    a = np.asarray(ref, dtype=np.float64).ravel()
+    b = np.asarray(out, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch {np.shape(ref)} vs {np.shape(out)}")
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    cos = float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
+    err = np.abs(a - b)
+    return {"cosine": cos, "max_abs": float(err.max(initial=0.0)), "mean_abs": float(err.mean() if err.size else 0.0),
+            "ref_max_abs": float(np.abs(a).max(initial=0.0))}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 images (inf when identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def test_image(size: int = 384, seed: int = 0) -> np.ndarray:
+    """A deterministic non-square RGB test pattern (gradients, shapes and noise)."""
+    rng = np.random.default_rng(seed)
+    h, w = size, int(size * 4 / 3)
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 / w, y * 255 / h, (x + y) % 256], axis=-1)
+    img[h // 4: h // 2, w // 4: w // 2] = [220, 30, 30]
+    img = img + rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _t2n(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+@torch.inference_mode()
+def graph_parity(loaded: LoadedCheckpoint, runtime: MobileORuntime, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per-graph errors on realistic inputs (real prompts, a test image, random latents)."""
+    model, tok = loaded.model.float().eval(), loaded.tokenizer
+    run = runtime.backend.run
+    gen = torch.Generator().manual_seed(seed)
+    results: dict[str, dict[str, Any]] = {}
+
+    pixels = reference_preprocess(test_image())
+    ref = graphs.VisionGraph(model)(pixels)
+    results["vision"] = {"image_embeds": compare(_t2n(ref), run("vision", {"images": _t2n(pixels)})["image_embeds"])}
+
+    ids = tokenizer_image_token(prompts.generation_prompt("a red circle on the left and a blue square"), tok)
+    embeds = model.embed_tokens(torch.tensor([ids]))
+    stacked = torch.stack(model.mcp_inputs(embeds), dim=1)  # transformers' own hidden-state capture
+    results["llm_hidden"] = {"mcp_inputs": compare(_t2n(stacked), run("llm_hidden", {"inputs_embeds": _t2n(embeds)})["mcp_inputs"])}
+
+    logits_ref = model.llm(inputs_embeds=embeds).logits[0]
+    n = embeds.shape[1]
+    m = runtime.model_info
+    cap = n + 8
+    cache = np.zeros((m["num_layers"], 2, 1, m["num_key_value_heads"], cap, m["head_dim"]), np.float32)
+    pos = np.arange(n - 1, dtype=np.int64)
+    out = run("llm_decode", {"inputs_embeds": _t2n(embeds[:, :-1]), "position_ids": pos[None],
+                             "attention_mask": runtime._decode_mask(pos, cap), "kv_cache": cache})
+    prefill = compare(_t2n(logits_ref[n - 2]), out["logits"][0])
+    last = np.array([n - 1], dtype=np.int64)
+    out2 = run("llm_decode", {"inputs_embeds": _t2n(embeds[:, -1:]), "position_ids": last[None],
+                              "attention_mask": runtime._decode_mask(last, cap), "kv_cache": out["kv_cache_out"]})
+    results["llm_decode"] = {"logits_prefill": prefill, "logits_decode_step": compare(_t2n(logits_ref[n - 1]), out2["logits"][0])}
+
+    cfg_batch = torch.cat([torch.zeros_like(stacked), stacked], dim=0)
+    cond = model.mcp(cfg_batch)
+    results["mcp"] = {"conditioning": compare(_t2n(cond), run("mcp", {"hidden_states": _t2n(cfg_batch)})["conditioning"])}
+
+    c, h, w = model.config.latent_shape
+    dit_res = {}
+    for t in (999, 500, 136):
+        lat = torch.randn(2, c, h, w, generator=gen)
+        ref_v = model.dit(hidden_states=lat, encoder_hidden_states=cond, timestep=torch.tensor([t, t]),
+                          encoder_attention_mask=None, return_dict=False)[0]
+        feeds = {"latents": _t2n(lat), "timestep": np.full((2,), float(t), np.float32),
+                 "encoder_hidden_states": _t2n(cond), "encoder_attention_mask": np.ones(cond.shape[:2], np.float32)}
+        dit_res[f"velocity_t{t}"] = compare(_t2n(ref_v), run("dit", feeds)["velocity"])
+    results["dit"] = dit_res
+
+    lat = torch.randn(1, c, h, w, generator=gen) / model.config.vae_scaling_factor
+    ref_img = model.vae.decode(lat).sample
+    results["vae_decoder"] = {"image": compare(_t2n(ref_img), run("vae_decoder", {"latents": _t2n(lat)})["image"])}
+    for g in results.values():
+        for metrics in g.values():
+            metrics["pass"] = metrics["cosine"] >= COSINE_THRESHOLD
+    return results
+
+
+@torch.inference_mode()
+def end_to_end_parity(loaded: LoadedCheckpoint, runtime: MobileORuntime, steps: int = 4, seed: int = 0) -> dict[str, Any]:
+    """Greedy answers (identical ids) and images from the same noise (PSNR) on both stacks."""
+    pipe = ReferencePipeline(loaded.model.float(), loaded.tokenizer, gen_dtype=torch.float32)
+    image = test_image(seed=seed + 1)
+    question = "what colour is the square?"
+    ref_ans = pipe.answer(image, question, max_new_tokens=runtime.defaults["max_new_tokens"])
+    rt_ans = runtime.ask(image, question, max_new_tokens=runtime.defaults["max_new_tokens"], seed=seed)
+    noise = runtime.initial_latents(seed)
+    ref_gen = pipe.generate("a blue triangle at the top", steps=steps, latents=torch.from_numpy(noise))
+    rt_gen = runtime.generate("a blue triangle at the top", steps=steps, latents=noise).image
+    ref_edit = pipe.edit(image, "make the square green", steps=steps, latents=torch.from_numpy(noise))
+    rt_edit = runtime.edit(image, "make the square green", steps=steps, latents=noise).image
+    return {
+        "answer": {"reference": ref_ans.text, "runtime": rt_ans.answer,
+                   "identical_ids": ref_ans.token_ids == rt_ans.token_ids, "num_tokens": len(ref_ans.token_ids)},
+        "generate": {"psnr_db": psnr(ref_gen, rt_gen), "steps": steps},
+        "edit": {"psnr_db": psnr(ref_edit, rt_edit), "steps": steps},
+    }
+
+
+def parity_report(loaded: LoadedCheckpoint, runtime: MobileORuntime, steps: int = 4) -> dict[str, Any]:
+    """Both parts, with an overall pass flag."""
+    g = graph_parity(loaded, runtime)
+    e = end_to_end_parity(loaded, runtime, steps=steps)
+    ok = all(m["pass"] for v in g.values() for m in v.values())
+    ok = ok and e["answer"]["identical_ids"] and e["generate"]["psnr_db"] >= PSNR_THRESHOLD_DB
+    ok = ok and e["edit"]["psnr_db"] >= PSNR_THRESHOLD_DB
+    return {"graphs": g, "end_to_end": e, "pass": bool(ok),
+            "thresholds": {"cosine": COSINE_THRESHOLD, "psnr_db": PSNR_THRESHOLD_DB}}

@@ -1,0 +1,273 @@
+"""Mobile-O model configuration: which sizes each part has, built from presets or a checkpoint's config.json.
+
+Pure Python (no torch): the runtime reads the same presets. The reference builds modules from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+#: Preset names accepted by ``--config``.
+PRESETS = ("real-0.5b", "real-1.5b", "tiny")
+
+#: The block our tiny checkpoints add to config.json to describe non-standard part sizes.
+EXTENSION_KEY = "mobile_o_ros"
+
+
+def load_json_config(name: str) -> dict[str, Any]:
+    """Read an embedded JSON config from ``mobile_o_ros/configs`` (no network, no hub)."""
+    text = resources.files("mobile_o_ros.configs").joinpath(name).read_text()
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_source")}
+
+
+@dataclass
+class MCPConfig:
+    """Mobile Conditioning Projector sizes (facts §2)."""
+
+    input_dim: int = 896
+    hidden_dim: int = 512
+    output_dim: int = 2304
+    num_layers: int = 4
+    num_refinement_blocks: int = 2
+
+
+@dataclass
+class Defaults:
+    """Pipeline defaults of the Python reference (facts §3, §5, §12)."""
+
+    steps: int = 20
+    guidance_scale: float = 1.5
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+
+
+@dataclass
+class MobileOConfig:
+    """Everything needed to build Mobile-O's parts: LLM, vision tower, projector, MCP, DiT, VAE, scheduler."""
+
+    name: str
+    llm: dict[str, Any]
+    vision: dict[str, Any]
+    mm_hidden_size: int
+    mcp: MCPConfig
+    dit: dict[str, Any]
+    vae: dict[str, Any]
+    scheduler: dict[str, Any]
+    image_size: int = 1024
+    num_image_tokens: int = 256
+    defaults: Defaults = field(default_factory=Defaults)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the LLM residual stream."""
+        return int(self.llm["hidden_size"])
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """Latent (C, H, W) the DiT denoises."""
+        s = int(self.dit["sample_size"])
+        return (int(self.dit["in_channels"]), s, s)
+
+    @property
+    def output_size(self) -> int:
+        """Decoded image side: latent side × the VAE's spatial compression (2 per stage after the first)."""
+        stages = len(self.vae["decoder_block_out_channels"])
+        return self.latent_shape[1] * 2 ** (stages - 1)
+
+    @property
+    def vae_scaling_factor(self) -> float:
+        """Latents are divided by this before decoding (facts §1.5: divide only, no shift)."""
+        return float(self.vae["scaling_factor"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MobileOConfig:
+        """Inverse of :meth:`to_dict`."""
+        d = copy.deepcopy(d)
+        d["mcp"] = MCPConfig(**d["mcp"])
+        d["defaults"] = Defaults(**d.get("defaults", {}))
+        return cls(**d)
+
+
+def _tiny_llm(vocab_size: int) -> dict[str, Any]:
+    return {
+        "model_type": "qwen2",
+        "hidden_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
+        "vocab_size": vocab_size,
+        "use_sliding_window": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+    }
+
+
+def _tiny_dit() -> dict[str, Any]:
+    return {
+        "attention_bias": False,
+        "attention_head_dim": 16,
+        "caption_channels": 64,
+        "cross_attention_dim": 32,
+        "cross_attention_head_dim": 16,
+        "dropout": 0.0,
+        "in_channels": 32,
+        "interpolation_scale": None,
+        "mlp_ratio": 2.5,
+        "norm_elementwise_affine": False,
+        "norm_eps": 1e-6,
+        "num_attention_heads": 2,
+        "num_cross_attention_heads": 2,
+        "num_layers": 2,
+        "out_channels": 32,
+        "patch_size": 1,
+        "sample_size": 16,
+    }
+
+
+def _tiny_vae() -> dict[str, Any]:
+    vae = load_json_config("dc_ae_f32c32_sana_1_0.json")
+    vae.pop("_class_name", None)
+    vae.update(
+        attention_head_dim=8,
+        decoder_block_out_channels=[8, 8, 16, 16, 32, 32],
+        encoder_block_out_channels=[8, 8, 16, 16, 32, 32],
+        decoder_layers_per_block=[1, 1, 1, 1, 1, 1],
+        encoder_layers_per_block=[1, 1, 1, 1, 1, 1],
+    )
+    return vae
+
+
+def _scheduler() -> dict[str, Any]:
+    return load_json_config("scheduler_config.json")
+
+
+def _dit(name: str) -> dict[str, Any]:
+    d = load_json_config(name)
+    d.pop("_class_name", None)
+    return d
+
+
+def _vae() -> dict[str, Any]:
+    d = load_json_config("dc_ae_f32c32_sana_1_0.json")
+    d.pop("_class_name", None)
+    return d
+
+
+def preset(name: str, vocab_size: int | None = None) -> MobileOConfig:
+    """Build a named configuration: ``real-0.5b``, ``real-1.5b`` or ``tiny``.
+
+    ``vocab_size`` overrides the LLM's row count (the checkpoint's embedding rows are authoritative).
+    """
+    if name == "real-0.5b":
+        llm = load_json_config("qwen2_0_5b.json")
+        cfg = MobileOConfig(
+            name=name, llm=llm, vision={"preset": "fastvithd"}, mm_hidden_size=3072,
+            mcp=MCPConfig(input_dim=896), dit=_dit("sana_600m_512px_transformer.json"), vae=_vae(),
+            scheduler=_scheduler(),
+        )
+    elif name == "real-1.5b":
+        llm = load_json_config("qwen2_1_5b.json")
+        cfg = MobileOConfig(
+            name=name, llm=llm, vision={"preset": "fastvithd"}, mm_hidden_size=3072,
+            mcp=MCPConfig(input_dim=1536), dit=_dit("sana_1600m_512px_transformer.json"), vae=_vae(),
+            scheduler=_scheduler(),
+        )
+    elif name == "tiny":
+        cfg = MobileOConfig(
+            name=name, llm=_tiny_llm(vocab_size or 1024), vision={"preset": "tiny"}, mm_hidden_size=128,
+            mcp=MCPConfig(input_dim=64, hidden_dim=64, output_dim=64), dit=_tiny_dit(), vae=_tiny_vae(),
+            scheduler=_scheduler(), defaults=Defaults(max_new_tokens=16),
+        )
+    else:
+        raise ValueError(f"unknown config {name!r}; choose one of {', '.join(PRESETS)}")
+    if vocab_size is not None:
+        cfg.llm["vocab_size"] = int(vocab_size)
+    return cfg
+
+
+_QWEN2_FIELDS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+    "hidden_act", "rms_norm_eps", "rope_theta", "max_position_embeddings", "tie_word_embeddings",
+    "vocab_size", "bos_token_id", "eos_token_id", "use_sliding_window", "attention_dropout",
+    "initializer_range",
+)
+
+
+def config_from_checkpoint_json(cj: dict[str, Any], vocab_rows: int | None = None) -> MobileOConfig:
+    """Build a :class:`MobileOConfig` from a Mobile-O checkpoint's ``config.json``.
+
+    The LLM fields come from the file; DiT, VAE and vision sizes come from the embedded SANA/DC-AE/FastViTHD
+    configs chosen by ``diffusion_name_or_path`` and ``mm_vision_tower``, unless the file carries our
+    ``mobile_o_ros`` block (tiny checkpoints) that spells them out. ``vocab_rows`` (the embedding's row
+    count in the weights) overrides ``vocab_size``. ``vlm_num_layers`` defaults to 4 when absent [inferred].
+    """
+    ext = cj.get(EXTENSION_KEY)
+    if ext:
+        cfg = MobileOConfig.from_dict(ext)
+        for k in _QWEN2_FIELDS:
+            if k in cj:
+                cfg.llm[k] = cj[k]
+    else:
+        hidden = int(cj["hidden_size"])
+        diffusion = str(cj.get("diffusion_name_or_path", "Sana_600M_512px"))
+        dit_file = (
+            "sana_1600m_512px_transformer.json" if "1600M" in diffusion else "sana_600m_512px_transformer.json"
+        )
+        tower = str(cj.get("mm_vision_tower", "mobileclip_l_1024"))
+        if "mobileclip_l" not in tower:
+            raise ValueError(f"unsupported vision tower {tower!r} (expected mobileclip_l_1024 / FastViTHD)")
+        llm = {k: cj[k] for k in _QWEN2_FIELDS if k in cj}
+        llm["model_type"] = "qwen2"
+        cfg = MobileOConfig(
+            name=str(cj.get("_name_or_path", "checkpoint")) or "checkpoint", llm=llm,
+            vision={"preset": "fastvithd"}, mm_hidden_size=int(cj.get("mm_hidden_size", 3072)),
+            mcp=MCPConfig(input_dim=hidden, num_layers=int(cj.get("vlm_num_layers", 4))),
+            dit=_dit(dit_file), vae=_vae(), scheduler=_scheduler(),
+        )
+    if vocab_rows is not None:
+        cfg.llm["vocab_size"] = int(vocab_rows)
+    return cfg
+
+
+def checkpoint_config_json(cfg: MobileOConfig) -> dict[str, Any]:
+    """The ``config.json`` we write for a checkpoint of ``cfg``, in the released layout plus our block."""
+    out: dict[str, Any] = {
+        "architectures": ["mobileoForInferenceLM"],
+        "model_type": "mobileo_inference",
+        **{k: v for k, v in cfg.llm.items() if k != "model_type"},
+        "mm_vision_tower": "mobileclip_l_1024",
+        "mm_hidden_size": cfg.mm_hidden_size,
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "mm_patch_merge_type": "flat",
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "image_aspect_ratio": "pad",
+        "unfreeze_mm_vision_tower": True,
+        "tokenizer_model_max_length": 2048,
+        "tokenizer_padding_side": "right",
+        "diffusion_name_or_path": "Efficient-Large-Model/Sana_600M_512px_diffusers",
+        "vlm_num_layers": cfg.mcp.num_layers,
+        "is_train": False,
+        "use_mm_proj": True,
+    }
+    if cfg.name not in ("real-0.5b", "real-1.5b"):
+        out[EXTENSION_KEY] = cfg.to_dict()
+    if cfg.name == "real-1.5b":
+        out["diffusion_name_or_path"] = "Efficient-Large-Model/Sana_1600M_512px_diffusers"
+    return out

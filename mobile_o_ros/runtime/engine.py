@@ -1,0 +1,252 @@
+"""The torch-free Mobile-O pipelines over a :class:`~mobile_o_ros.runtime.backend.Backend`.
+
+Host-side, in numpy: tokenization and the −200 splice of image tokens, the CFG batch, the DPM-Solver++
+flow scheduler, CFG combine and latent math in fp32, token sampling. Engines run the six graphs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobile_o_ros import prompts, validation
+from mobile_o_ros.runtime.backend import Backend
+from mobile_o_ros.runtime.manifest import load_manifest
+from mobile_o_ros.runtime.preprocess import preprocess_image
+from mobile_o_ros.runtime.sampling import make_rng, sample_next_token
+from mobile_o_ros.runtime.scheduler import FlowDPMSolverScheduler
+from mobile_o_ros.runtime.tokenizer import IncrementalDecoder, TextTokenizer
+
+StepCallback = Callable[[int, int], None]
+TokenCallback = Callable[[str, int], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class AskResult:
+    """A VQA answer; ``cancelled`` when stopped early (``answer`` then holds the text so far)."""
+
+    answer: str
+    num_tokens: int
+    seed: int
+    token_ids: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    prompt_tokens: int = 0
+
+
+@dataclass
+class ImageResult:
+    """A generated or edited image (uint8 [H, W, 3] RGB), or ``None`` with ``cancelled``."""
+
+    image: np.ndarray | None
+    seed: int
+    steps: int
+    cancelled: bool = False
+    prompt_tokens: int = 0
+
+
+def postprocess(image: np.ndarray) -> np.ndarray:
+    """VAE output [1, 3, H, W] in ~[−1, 1] → uint8 [H, W, 3]: x/2 + 0.5, clip, ×255, round."""
+    x = np.clip(image[0].astype(np.float32) / 2 + 0.5, 0.0, 1.0).transpose(1, 2, 0)
+    return np.round(x * 255).astype(np.uint8)
+
+
+def make_backend(export_dir: Path, manifest: dict[str, Any], backend: str, **options: Any) -> Backend:
+    """Instantiate a backend by name: ``onnxruntime`` or ``tensorrt`` (imported lazily)."""
+    if backend == "onnxruntime":
+        from mobile_o_ros.runtime.ort_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(export_dir, manifest, **options)
+    if backend == "tensorrt":
+        from mobile_o_ros.runtime.trt_backend import TensorRTBackend
+
+        return TensorRTBackend(export_dir, manifest, **options)
+    raise ValueError(f"unknown backend {backend!r} (onnxruntime, tensorrt)")
+
+
+class MobileORuntime:
+    """Visual question answering, generation and editing on exported graphs.
+
+    Not thread-safe: one worker thread owns an instance (and the backend's device context).
+    """
+
+    def __init__(self, export_dir: str | Path, manifest: dict[str, Any], backend: Backend) -> None:
+        self.export_dir = Path(export_dir)
+        self.manifest = manifest
+        self.backend = backend
+        m = manifest["model"]
+        self.model_info = m
+        self.tokenizer = TextTokenizer.from_file(self.export_dir / "tokenizer.json")
+        self.embed_table = np.load(self.export_dir / "embed_tokens.npy", mmap_mode="r")
+        self.eos_id = int(manifest["special_tokens"]["eos"])
+        self.latent_shape = tuple(m["latent_shape"])
+        self.context_length = min(int(m.get("max_position_embeddings", 2048)), int(m.get("context_length", 2048)))
+        self.image_size = int(manifest["image"]["size"])
+        self.defaults = manifest["defaults"]
+        self.scheduler = FlowDPMSolverScheduler(manifest["scheduler"])
+
+    @classmethod
+    def load(cls, export_dir: str | Path, backend: str = "onnxruntime", verify: bool = False,
+             **backend_options: Any) -> MobileORuntime:
+        """Open an export folder (``manifest.json`` + graphs) with the named backend."""
+        export_dir = Path(export_dir)
+        manifest = load_manifest(export_dir, verify_hashes=verify)
+        return cls(export_dir, manifest, make_backend(export_dir, manifest, backend, **backend_options))
+
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()
+
+    # ----------------------------------------------------------------------------- shared steps
+    def encode_image(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 [H, W, 3] → projected image tokens [256, D]."""
+        pixels = preprocess_image(rgb, self.image_size)
+        return self.backend.run("vision", {"images": pixels})["image_embeds"][0]
+
+    def prompt_embeddings(self, prompt: str, image: np.ndarray | None = None, reserve: int = 0) -> np.ndarray:
+        """Templated prompt (+ image) → inputs_embeds [L, D] with the image tokens spliced at −200."""
+        ids = self.tokenizer.split_image_prompt(prompt)
+        image_embeds = None if image is None else self.encode_image(image)
+        n_image = 0 if image is None else image_embeds.shape[0]
+        length = len(ids) - (1 if image is not None else 0) + n_image
+        if length + reserve > self.context_length:
+            raise validation.InvalidRequest(
+                f"prompt too long: {length} tokens (+{reserve} to generate) exceeds the context of "
+                f"{self.context_length}"
+            )
+        return self.tokenizer.splice_image_embeddings(ids, self.embed_table, image_embeds).astype(np.float32)
+
+    def conditioning(self, inputs_embeds: np.ndarray) -> np.ndarray:
+        """LLM prefill → MCP on [all-zero hidden states, conditional] → [2, N, caption_dim] (true length)."""
+        stacked = self.backend.run("llm_hidden", {"inputs_embeds": inputs_embeds[None]})["mcp_inputs"]
+        cfg_batch = np.concatenate([np.zeros_like(stacked), stacked], axis=0)
+        return self.backend.run("mcp", {"hidden_states": cfg_batch})["conditioning"]
+
+    def initial_latents(self, seed: int) -> np.ndarray:
+        """Gaussian noise [1, C, H, W] fp32 from a seeded numpy generator."""
+        rng = np.random.default_rng(int(seed))
+        return rng.standard_normal((1, *self.latent_shape), dtype=np.float32)
+
+    def denoise(
+        self, cond: np.ndarray, latents: np.ndarray, steps: int, guidance_scale: float,
+        on_step: StepCallback | None = None, should_cancel: CancelCheck | None = None,
+    ) -> np.ndarray | None:
+        """DPM-Solver++ with batched CFG: v = u + g·(c − u); returns None when cancelled."""
+        self.scheduler.set_timesteps(steps)
+        mask = np.ones(cond.shape[:2], dtype=np.float32)
+        latents = latents.astype(np.float32)
+        for i, t in enumerate(self.scheduler.timesteps):
+            if should_cancel is not None and should_cancel():
+                return None
+            feeds = {
+                "latents": np.concatenate([latents, latents], axis=0),
+                "timestep": np.full((2,), float(t), dtype=np.float32),
+                "encoder_hidden_states": cond.astype(np.float32),
+                "encoder_attention_mask": mask,
+            }
+            velocity = self.backend.run("dit", feeds)["velocity"].astype(np.float32)
+            v = velocity[:1] + np.float32(guidance_scale) * (velocity[1:] - velocity[:1])
+            latents = self.scheduler.step(v, int(t), latents)
+            if on_step is not None:
+                on_step(i + 1, steps)
+        return latents
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """latents / scaling_factor → VAE decoder → uint8 [H, W, 3]."""
+        scaled = (latents / np.float32(self.model_info["vae_scaling_factor"])).astype(np.float32)
+        return postprocess(self.backend.run("vae_decoder", {"latents": scaled})["image"])
+
+    # ----------------------------------------------------------------------------- tasks
+    def _image_task(
+        self, prompt: str, image: np.ndarray | None, steps: int | None, guidance_scale: float | None,
+        seed: int | None, latents: np.ndarray | None, on_step: StepCallback | None,
+        should_cancel: CancelCheck | None,
+    ) -> ImageResult:
+        steps = validation.check_steps(self.defaults["steps"] if steps is None else steps)
+        g = validation.check_guidance(self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
+        _, used_seed = make_rng(validation.check_seed(seed))
+        embeds = self.prompt_embeddings(prompt, image)
+        noise = self.initial_latents(used_seed) if latents is None else np.asarray(latents, dtype=np.float32)
+        out = self.denoise(self.conditioning(embeds), noise, steps, g, on_step, should_cancel)
+        if out is None:
+            return ImageResult(None, used_seed, steps, cancelled=True, prompt_tokens=len(embeds))
+        return ImageResult(self.decode(out), used_seed, steps, prompt_tokens=len(embeds))
+
+    def generate(
+        self, caption: str, steps: int | None = None, guidance_scale: float | None = None, seed: int | None = None,
+        latents: np.ndarray | None = None, on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> ImageResult:
+        """Text to a 512×512 RGB image."""
+        caption = validation.check_text(caption, "prompt")
+        return self._image_task(prompts.generation_prompt(caption), None, steps, guidance_scale, seed, latents,
+                                on_step, should_cancel)
+
+    def edit(
+        self, image: np.ndarray, instruction: str, steps: int | None = None, guidance_scale: float | None = None,
+        seed: int | None = None, latents: np.ndarray | None = None, on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> ImageResult:
+        """Image + instruction to a new 512×512 image (the source enters as 256 vision tokens)."""
+        instruction = validation.check_text(instruction, "instruction")
+        return self._image_task(prompts.edit_prompt(instruction), image, steps, guidance_scale, seed, latents,
+                                on_step, should_cancel)
+
+    def _decode_mask(self, positions: np.ndarray, capacity: int) -> np.ndarray:
+        visible = np.arange(capacity)[None, :] <= positions[:, None]
+        mask = np.where(visible, 0.0, self.model_info["mask_value"]).astype(np.float32)
+        return mask[None, None]
+
+    def ask(
+        self, image: np.ndarray | None, question: str, max_new_tokens: int | None = None, temperature: float = 0.0,
+        top_p: float = 1.0, top_k: int = 0, seed: int | None = None, on_token: TokenCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> AskResult:
+        """Answer a question about an image (or a text-only question when ``image`` is None)."""
+        question = validation.check_text(question, "question")
+        n_new = validation.check_max_new_tokens(self.defaults["max_new_tokens"] if not max_new_tokens else max_new_tokens)
+        temperature = validation.check_temperature(temperature)
+        top_p = validation.check_top_p(top_p)
+        rng, used_seed = make_rng(validation.check_seed(seed))
+        prompt = prompts.vqa_prompt(question) if image is not None else prompts.chat_prompt(question)
+        embeds = self.prompt_embeddings(prompt, image, reserve=n_new)
+        m = self.model_info
+        capacity = int(math.ceil((len(embeds) + n_new) / 64) * 64)
+        cache = np.zeros((m["num_layers"], 2, 1, m["num_key_value_heads"], capacity, m["head_dim"]), np.float32)
+        positions = np.arange(len(embeds), dtype=np.int64)
+        step_embeds = embeds
+        decoder = IncrementalDecoder(self.tokenizer)
+        ids: list[int] = []
+        text = ""
+        cancelled = False
+        for _ in range(n_new):
+            if should_cancel is not None and should_cancel():
+                cancelled = True
+                break
+            out = self.backend.run("llm_decode", {
+                "inputs_embeds": step_embeds[None].astype(np.float32),
+                "position_ids": positions[None],
+                "attention_mask": self._decode_mask(positions, capacity),
+                "kv_cache": cache,
+            })
+            cache = out["kv_cache_out"]
+            token = sample_next_token(out["logits"][0], temperature, top_p, top_k, rng)
+            if token == self.eos_id:
+                break
+            ids.append(token)
+            text += decoder.add(token)
+            if on_token is not None:
+                on_token(text, len(ids))
+            step_embeds = np.asarray(self.embed_table[token:token + 1], dtype=np.float32)
+            positions = np.array([positions[-1] + 1], dtype=np.int64)
+        answer = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return AskResult(answer, len(ids), used_seed, ids, cancelled, prompt_tokens=len(embeds))
+
+    def info(self) -> dict[str, Any]:
+        """Model and backend description for diagnostics."""
+        return {"model": self.model_info.get("name"), "export_dir": str(self.export_dir), **self.backend.describe()}

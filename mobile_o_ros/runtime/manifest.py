@@ -1,0 +1,48 @@
+"""Reading and checking an export folder's ``manifest.json`` (torch-free)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_VERSIONS = (1,)
+REQUIRED_GRAPHS = ("vision", "llm_hidden", "llm_decode", "mcp", "dit", "vae_decoder")
+
+
+class ManifestError(RuntimeError):
+    """An export folder that cannot be used; the message says what is wrong and how to fix it."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(export_dir: str | Path, verify_hashes: bool = False) -> dict[str, Any]:
+    """Load ``manifest.json``; check version, graphs and files (and their sha256 when asked)."""
+    export_dir = Path(export_dir)
+    path = export_dir / "manifest.json"
+    if not path.is_file():
+        raise ManifestError(f"no manifest.json in {export_dir}: export a checkpoint with `mobile-o export`")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as err:
+        raise ManifestError(f"corrupt manifest.json in {export_dir}: {err}") from err
+    if manifest.get("version") not in SUPPORTED_VERSIONS:
+        raise ManifestError(f"manifest version {manifest.get('version')} is not supported ({SUPPORTED_VERSIONS})")
+    missing_graphs = [g for g in REQUIRED_GRAPHS if g not in manifest.get("graphs", {})]
+    if missing_graphs:
+        raise ManifestError(f"export in {export_dir} lacks graphs: {', '.join(missing_graphs)}; re-export it")
+    missing = [f for f in manifest.get("files", {}) if not (export_dir / f).is_file()]
+    if missing:
+        raise ManifestError(f"export in {export_dir} is missing files: {', '.join(missing)}")
+    if verify_hashes:
+        bad = [f for f, digest in manifest["files"].items() if _sha256(export_dir / f) != digest]
+        if bad:
+            raise ManifestError(f"files changed since export (sha256 mismatch): {', '.join(bad)}")
+    return manifest
