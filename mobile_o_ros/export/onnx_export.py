@@ -7,11 +7,14 @@ external-data file per graph.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,12 +123,63 @@ def _check_standard_ops(model_proto: onnx.ModelProto, name: str) -> list[str]:
     return ops
 
 
+@contextlib.contextmanager
+def positive_movedim() -> Iterator[None]:
+    """Trace ``Tensor.movedim`` as a ``permute`` with non-negative axes.
+
+    The TorchScript exporter writes ``movedim(1, -1)`` (DC-AE's channel RMSNorm) as a Transpose whose perm
+    holds −1, which ONNX rejects. The permutation is the same; only its spelling changes.
+    """
+    original = torch.Tensor.movedim
+
+    def movedim(self: torch.Tensor, source: int, destination: int) -> torch.Tensor:
+        if not isinstance(source, int) or not isinstance(destination, int):
+            return original(self, source, destination)
+        src, dst = source % self.ndim, destination % self.ndim
+        perm = [d for d in range(self.ndim) if d != src]
+        perm.insert(dst, src)
+        return self.permute(perm)
+
+    torch.Tensor.movedim = movedim
+    try:
+        yield
+    finally:
+        torch.Tensor.movedim = original
+
+
+def _annotate_output_shapes(path: Path, spec: GraphSpec) -> None:
+    """Write each output's static dims (from a traced run) and named dynamic axes into the graph.
+
+    The TorchScript exporter leaves some outputs (e.g. the VAE's image) with unnamed symbolic dims; the
+    manifest and TensorRT's shape checks want the real ones.
+    """
+    with torch.no_grad():
+        outputs = spec.module(*spec.inputs.values())
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    proto = onnx.load(str(path), load_external_data=False)
+    for value, tensor in zip(proto.graph.output, outputs):
+        axes = spec.dynamic_axes.get(value.name, {})
+        dims = value.type.tensor_type.shape.dim
+        while len(dims) < tensor.ndim:
+            dims.add()
+        for i, size in enumerate(tensor.shape):
+            if i in axes:
+                dims[i].dim_param = axes[i]
+            else:
+                dims[i].dim_value = int(size)
+    onnx.save_model(proto, str(path))
+
+
 def export_graph(spec: GraphSpec, out_dir: Path, opset: int = OPSET) -> dict[str, Any]:
     """Trace one wrapper to ``<name>.onnx`` (external data when large) and describe it."""
     path = out_dir / f"{spec.name}.onnx"
     external = _param_bytes(spec.module) > EXTERNAL_DATA_THRESHOLD
     t0 = time.perf_counter()
-    with torch.inference_mode(False), torch.no_grad(), tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+    with (
+        torch.inference_mode(False), torch.no_grad(), positive_movedim(), warnings.catch_warnings(),
+        tempfile.TemporaryDirectory(dir=out_dir) as tmp,
+    ):
+        warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent Python branches, all static here
         target = Path(tmp) / path.name if external else path
         torch.onnx.export(
             spec.module.eval(), tuple(spec.inputs.values()), str(target), dynamo=False, opset_version=opset,
@@ -136,6 +190,7 @@ def export_graph(spec: GraphSpec, out_dir: Path, opset: int = OPSET) -> dict[str
             proto = onnx.load(str(target))
             onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=f"{path.name}.data", size_threshold=1024)
+    _annotate_output_shapes(path, spec)
     onnx.checker.check_model(str(path))
     proto = onnx.load(str(path), load_external_data=False)
     inputs, outputs = _io_description(proto)

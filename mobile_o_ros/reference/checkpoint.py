@@ -226,6 +226,8 @@ class LoadedCheckpoint:
 
 def read_config_json(path: Path) -> dict[str, Any]:
     """The checkpoint's config.json, with a clear error when absent or corrupt."""
+    if not Path(path).is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {path}")
     f = Path(path) / "config.json"
     if not f.is_file():
         raise CheckpointError(f"no config.json in {path}")

@@ -1,0 +1,78 @@
+"""The `mobile-o` CLI: real runs on the tiny checkpoint, and one-line errors with nonzero exits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mobile_o_ros.cli import main
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    img = np.zeros((240, 320, 3), np.uint8)
+    cv2.circle(img, (100, 120), 50, (0, 0, 255), -1)
+    cv2.imwrite(str(path), img)
+    return path
+
+
+def test_generate_edit_ask(tiny_checkpoint: Path, image_file: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "gen.png"
+    assert main(["generate", str(tiny_checkpoint), "a red circle", "--steps", "2", "--seed", "3", "-o", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["seed"] == 3 and cv2.imread(str(out)).shape == (512, 512, 3)
+    out2 = tmp_path / "edit.png"
+    assert main(["edit", str(tiny_checkpoint), "--image", str(image_file), "make it blue", "--steps", "2",
+                 "-o", str(out2)]) == 0
+    assert cv2.imread(str(out2)).shape == (512, 512, 3)
+    capsys.readouterr()
+    assert main(["ask", str(tiny_checkpoint), "--image", str(image_file), "what colour?", "--max-new-tokens", "4",
+                 "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert isinstance(answer["answer"], str) and answer["num_tokens"] <= 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "{ckpt}", "", "-o", "{out}"], "empty prompt"),
+        (["generate", "{ckpt}", "a cat", "--steps", "0", "-o", "{out}"], "steps must be >= 1"),
+        (["generate", "{ckpt}", "a cat", "--guidance", "nan", "-o", "{out}"], "guidance must be finite"),
+        (["generate", "{ckpt}", "a cat", "--guidance", "inf", "-o", "{out}"], "guidance must be finite"),
+        (["generate", "{missing}", "a cat", "-o", "{out}"], "model not found"),
+        (["edit", "{ckpt}", "--image", "{missing}", "x", "-o", "{out}"], "image not found"),
+        (["edit", "{ckpt}", "--image", "{bad_image}", "x", "-o", "{out}"], "cannot read image"),
+        (["ask", "{ckpt}", "--image", "{bad_image}", "what?"], "cannot read image"),
+        (["ask", "{ckpt}", "--image", "{image}", "  "], "empty question"),
+        (["generate", "{corrupt}", "a cat", "-o", "{out}"], "cannot read model.safetensors"),
+        (["inspect"], "give either MODEL or --config"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(
+    argv: list[str], message: str, tiny_checkpoint: Path, image_file: Path, tmp_path: Path, capsys
+) -> None:
+    bad_image = tmp_path / "bad.png"
+    bad_image.write_bytes(b"not a png")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    (corrupt / "model.safetensors").write_bytes(b"\x01\x02")
+    subs = {"ckpt": tiny_checkpoint, "out": tmp_path / "o.png", "missing": tmp_path / "missing",
+            "bad_image": bad_image, "image": image_file, "corrupt": corrupt}
+    code = main([a.format(**subs) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("mobile-o: error:") and message in err[0], err
+
+
+def test_python_dash_m_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "mobile_o_ros", "inspect", "--config", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
