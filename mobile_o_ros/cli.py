@@ -142,8 +142,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     print(f"config: {report['config']}")
     for name, c in report["components"].items():
-        print(f"  {name:<13} {c['parameters']:>14,} parameters  {c['checkpoint_keys']:>5} keys  {c['dtypes']}")
-    print(f"  {'total':<13} {report['total_parameters']:>14,} parameters  {report['checkpoint_keys']:>5} keys")
+        print(
+            f"  {name:<13} {c['parameters']:>14,} parameters  {c['checkpoint_keys']:>5} keys  {c['dtypes']}"
+        )
+    print(
+        f"  {'total':<13} {report['total_parameters']:>14,} parameters  {report['checkpoint_keys']:>5} keys"
+    )
     ts = report["scheduler"]["timesteps"]
     print(f"timesteps ({report['scheduler']['steps']} steps): {', '.join(map(str, ts))}")
     return 0
@@ -169,13 +173,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
             image = result.image
         else:
             pipe = _reference_pipeline(model_dir, args.dtype)
-            image = pipe.generate(prompt, steps=args.steps, guidance_scale=args.guidance, seed=seed, callback=callback)
+            image = pipe.generate(
+                prompt, steps=args.steps, guidance_scale=args.guidance, seed=seed, callback=callback
+            )
     finally:
         close()
     _write_image(args.output, image)
     latency = (time.perf_counter() - t0) * 1000
-    _emit({"output": args.output, "seed": seed, "steps": args.steps, "guidance_scale": args.guidance,
-           "latency_ms": round(latency, 1)}, args.json, f"wrote {args.output} (seed {seed}, {latency:.0f} ms)")
+    _emit(
+        {
+            "output": args.output,
+            "seed": seed,
+            "steps": args.steps,
+            "guidance_scale": args.guidance,
+            "latency_ms": round(latency, 1),
+        },
+        args.json,
+        f"wrote {args.output} (seed {seed}, {latency:.0f} ms)",
+    )
     return 0
 
 
@@ -190,19 +205,39 @@ def cmd_edit(args: argparse.Namespace) -> int:
     try:
         if _use_runtime(args, model_dir):
             result = _runtime(model_dir, args.backend).edit(
-                image, instruction, steps=args.steps, guidance_scale=args.guidance, seed=seed, on_step=callback
+                image,
+                instruction,
+                steps=args.steps,
+                guidance_scale=args.guidance,
+                seed=seed,
+                on_step=callback,
             )
             out = result.image
         else:
             pipe = _reference_pipeline(model_dir, args.dtype)
-            out = pipe.edit(image, instruction, steps=args.steps, guidance_scale=args.guidance, seed=seed,
-                            callback=callback)
+            out = pipe.edit(
+                image,
+                instruction,
+                steps=args.steps,
+                guidance_scale=args.guidance,
+                seed=seed,
+                callback=callback,
+            )
     finally:
         close()
     _write_image(args.output, out)
     latency = (time.perf_counter() - t0) * 1000
-    _emit({"output": args.output, "seed": seed, "steps": args.steps, "guidance_scale": args.guidance,
-           "latency_ms": round(latency, 1)}, args.json, f"wrote {args.output} (seed {seed}, {latency:.0f} ms)")
+    _emit(
+        {
+            "output": args.output,
+            "seed": seed,
+            "steps": args.steps,
+            "guidance_scale": args.guidance,
+            "latency_ms": round(latency, 1),
+        },
+        args.json,
+        f"wrote {args.output} (seed {seed}, {latency:.0f} ms)",
+    )
     return 0
 
 
@@ -217,14 +252,26 @@ def cmd_ask(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if _use_runtime(args, model_dir):
         res = _runtime(model_dir, args.backend).ask(
-            image, question, max_new_tokens=args.max_new_tokens, temperature=temperature, top_p=args.top_p,
-            top_k=args.top_k, seed=seed,
+            image,
+            question,
+            max_new_tokens=args.max_new_tokens,
+            temperature=temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            seed=seed,
         )
         text, n = res.answer, res.num_tokens
     else:
         pipe = _reference_pipeline(model_dir, "fp32")
-        ans = pipe.answer(image, question, max_new_tokens=args.max_new_tokens, temperature=temperature,
-                          top_p=args.top_p, top_k=args.top_k, seed=seed)
+        ans = pipe.answer(
+            image,
+            question,
+            max_new_tokens=args.max_new_tokens,
+            temperature=temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            seed=seed,
+        )
         text, n = ans.text, len(ans.token_ids)
     latency = (time.perf_counter() - t0) * 1000
     _emit({"answer": text, "num_tokens": n, "seed": seed, "latency_ms": round(latency, 1)}, args.json, text)
@@ -265,12 +312,16 @@ def cmd_parity(args: argparse.Namespace) -> int:
         for graph, outputs in report["graphs"].items():
             for out, m in outputs.items():
                 flag = "ok " if m["pass"] else "BAD"
-                print(f"{flag} {graph:<12} {out:<20} cosine {m['cosine']:.8f}  max_abs {m['max_abs']:.3e}"
-                      f"  (ref max {m['ref_max_abs']:.3e})")
+                print(
+                    f"{flag} {graph:<12} {out:<20} cosine {m['cosine']:.8f}  max_abs {m['max_abs']:.3e}"
+                    f"  (ref max {m['ref_max_abs']:.3e})"
+                )
         e = report["end_to_end"]
         print(f"answer identical: {e['answer']['identical_ids']} ({e['answer']['num_tokens']} tokens)")
-        print(f"generate PSNR {e['generate']['psnr_db']:.2f} dB, edit PSNR {e['edit']['psnr_db']:.2f} dB "
-              f"({e['generate']['steps']} steps)")
+        print(
+            f"generate PSNR {e['generate']['psnr_db']:.2f} dB, edit PSNR {e['edit']['psnr_db']:.2f} dB "
+            f"({e['generate']['steps']} steps)"
+        )
         print("PASS" if report["pass"] else "FAIL")
     return 0 if report["pass"] else EXIT_FAILURE
 
@@ -296,10 +347,18 @@ def _add_gen_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto",
-                   help="auto: torch for a checkpoint folder, onnxruntime for an export folder")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="torch backend precision of the generation path (the reference uses bf16)")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnxruntime", "tensorrt"),
+        default="auto",
+        help="auto: torch for a checkpoint folder, onnxruntime for an export folder",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="torch backend precision of the generation path (the reference uses bf16)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON result")
 
 

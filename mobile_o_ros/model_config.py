@@ -175,22 +175,38 @@ def preset(name: str, vocab_size: int | None = None) -> MobileOConfig:
     if name == "real-0.5b":
         llm = load_json_config("qwen2_0_5b.json")
         cfg = MobileOConfig(
-            name=name, llm=llm, vision={"preset": "fastvithd"}, mm_hidden_size=3072,
-            mcp=MCPConfig(input_dim=896), dit=_dit("sana_600m_512px_transformer.json"), vae=_vae(),
+            name=name,
+            llm=llm,
+            vision={"preset": "fastvithd"},
+            mm_hidden_size=3072,
+            mcp=MCPConfig(input_dim=896),
+            dit=_dit("sana_600m_512px_transformer.json"),
+            vae=_vae(),
             scheduler=_scheduler(),
         )
     elif name == "real-1.5b":
         llm = load_json_config("qwen2_1_5b.json")
         cfg = MobileOConfig(
-            name=name, llm=llm, vision={"preset": "fastvithd"}, mm_hidden_size=3072,
-            mcp=MCPConfig(input_dim=1536), dit=_dit("sana_1600m_512px_transformer.json"), vae=_vae(),
+            name=name,
+            llm=llm,
+            vision={"preset": "fastvithd"},
+            mm_hidden_size=3072,
+            mcp=MCPConfig(input_dim=1536),
+            dit=_dit("sana_1600m_512px_transformer.json"),
+            vae=_vae(),
             scheduler=_scheduler(),
         )
     elif name == "tiny":
         cfg = MobileOConfig(
-            name=name, llm=_tiny_llm(vocab_size or 1024), vision={"preset": "tiny"}, mm_hidden_size=128,
-            mcp=MCPConfig(input_dim=64, hidden_dim=64, output_dim=64), dit=_tiny_dit(), vae=_tiny_vae(),
-            scheduler=_scheduler(), defaults=Defaults(max_new_tokens=16),
+            name=name,
+            llm=_tiny_llm(vocab_size or 1024),
+            vision={"preset": "tiny"},
+            mm_hidden_size=128,
+            mcp=MCPConfig(input_dim=64, hidden_dim=64, output_dim=64),
+            dit=_tiny_dit(),
+            vae=_tiny_vae(),
+            scheduler=_scheduler(),
+            defaults=Defaults(max_new_tokens=16),
         )
     else:
         raise ValueError(f"unknown config {name!r}; choose one of {', '.join(PRESETS)}")
@@ -200,9 +216,21 @@ def preset(name: str, vocab_size: int | None = None) -> MobileOConfig:
 
 
 _QWEN2_FIELDS = (
-    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-    "hidden_act", "rms_norm_eps", "rope_theta", "max_position_embeddings", "tie_word_embeddings",
-    "vocab_size", "bos_token_id", "eos_token_id", "use_sliding_window", "attention_dropout",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "hidden_act",
+    "rms_norm_eps",
+    "rope_theta",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "vocab_size",
+    "bos_token_id",
+    "eos_token_id",
+    "use_sliding_window",
+    "attention_dropout",
     "initializer_range",
 )
 
@@ -225,7 +253,9 @@ def config_from_checkpoint_json(cj: dict[str, Any], vocab_rows: int | None = Non
         hidden = int(cj["hidden_size"])
         diffusion = str(cj.get("diffusion_name_or_path", "Sana_600M_512px"))
         dit_file = (
-            "sana_1600m_512px_transformer.json" if "1600M" in diffusion else "sana_600m_512px_transformer.json"
+            "sana_1600m_512px_transformer.json"
+            if "1600M" in diffusion
+            else "sana_600m_512px_transformer.json"
         )
         tower = str(cj.get("mm_vision_tower", "mobileclip_l_1024"))
         if "mobileclip_l" not in tower:
@@ -233,10 +263,14 @@ def config_from_checkpoint_json(cj: dict[str, Any], vocab_rows: int | None = Non
         llm = {k: cj[k] for k in _QWEN2_FIELDS if k in cj}
         llm["model_type"] = "qwen2"
         cfg = MobileOConfig(
-            name=str(cj.get("_name_or_path", "checkpoint")) or "checkpoint", llm=llm,
-            vision={"preset": "fastvithd"}, mm_hidden_size=int(cj.get("mm_hidden_size", 3072)),
+            name=str(cj.get("_name_or_path", "checkpoint")) or "checkpoint",
+            llm=llm,
+            vision={"preset": "fastvithd"},
+            mm_hidden_size=int(cj.get("mm_hidden_size", 3072)),
             mcp=MCPConfig(input_dim=hidden, num_layers=int(cj.get("vlm_num_layers", 4))),
-            dit=_dit(dit_file), vae=_vae(), scheduler=_scheduler(),
+            dit=_dit(dit_file),
+            vae=_vae(),
+            scheduler=_scheduler(),
         )
     if vocab_rows is not None:
         cfg.llm["vocab_size"] = int(vocab_rows)

@@ -20,9 +20,7 @@ EDIT_PREFIX = "Please edit the provided image according to the following descrip
 def chat_prompt(user_content: str, system: str = SYSTEM_PROMPT) -> str:
     """Render one user turn in the ``qwen_2`` template, ending at the open assistant header."""
     return (
-        f"{IM_START}system\n{system}{IM_END}\n"
-        f"{IM_START}user\n{user_content}{IM_END}\n"
-        f"{IM_START}assistant\n"
+        f"{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{user_content}{IM_END}\n{IM_START}assistant\n"
     )
 
 

@@ -79,7 +79,9 @@ def test_sharded_checkpoint_loads(tiny_checkpoint: Path, tiny_loaded, tmp_path: 
         ("drop_vision", "missing key(s): " + APPLE_KEY_PREFIX + "conv_exp"),
     ],
 )
-def test_errors_name_the_offending_keys(tiny_checkpoint: Path, tmp_path: Path, edit: str, expected: str) -> None:
+def test_errors_name_the_offending_keys(
+    tiny_checkpoint: Path, tmp_path: Path, edit: str, expected: str
+) -> None:
     ckpt = _copy(tiny_checkpoint, tmp_path / "ckpt")
     sd = load_file(str(ckpt / "model.safetensors"))
     if edit == "drop":
@@ -110,10 +112,10 @@ def test_missing_and_corrupt_files(tiny_checkpoint: Path, tmp_path: Path) -> Non
         load_checkpoint(tmp_path / "nope")
     ckpt = _copy(tiny_checkpoint, tmp_path / "ckpt")
     (ckpt / "model.safetensors").write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError, match="cannot read model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"cannot read model\.safetensors"):
         load_checkpoint(ckpt)
     (ckpt / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="corrupt config.json"):
+    with pytest.raises(CheckpointError, match=r"corrupt config\.json"):
         load_checkpoint(ckpt)
 
 

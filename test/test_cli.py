@@ -25,16 +25,59 @@ def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_generate_edit_ask(tiny_checkpoint: Path, image_file: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "gen.png"
-    assert main(["generate", str(tiny_checkpoint), "a red circle", "--steps", "2", "--seed", "3", "-o", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(tiny_checkpoint),
+                "a red circle",
+                "--steps",
+                "2",
+                "--seed",
+                "3",
+                "-o",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["seed"] == 3 and cv2.imread(str(out)).shape == (512, 512, 3)
     out2 = tmp_path / "edit.png"
-    assert main(["edit", str(tiny_checkpoint), "--image", str(image_file), "make it blue", "--steps", "2",
-                 "-o", str(out2)]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                str(tiny_checkpoint),
+                "--image",
+                str(image_file),
+                "make it blue",
+                "--steps",
+                "2",
+                "-o",
+                str(out2),
+            ]
+        )
+        == 0
+    )
     assert cv2.imread(str(out2)).shape == (512, 512, 3)
     capsys.readouterr()
-    assert main(["ask", str(tiny_checkpoint), "--image", str(image_file), "what colour?", "--max-new-tokens", "4",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                str(tiny_checkpoint),
+                "--image",
+                str(image_file),
+                "what colour?",
+                "--max-new-tokens",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
     answer = json.loads(capsys.readouterr().out)
     assert isinstance(answer["answer"], str) and answer["num_tokens"] <= 4
 
@@ -64,8 +107,14 @@ def test_bad_input_gives_one_line_and_nonzero_exit(
     corrupt.mkdir()
     (corrupt / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
     (corrupt / "model.safetensors").write_bytes(b"\x01\x02")
-    subs = {"ckpt": tiny_checkpoint, "out": tmp_path / "o.png", "missing": tmp_path / "missing",
-            "bad_image": bad_image, "image": image_file, "corrupt": corrupt}
+    subs = {
+        "ckpt": tiny_checkpoint,
+        "out": tmp_path / "o.png",
+        "missing": tmp_path / "missing",
+        "bad_image": bad_image,
+        "image": image_file,
+        "corrupt": corrupt,
+    }
     code = main([a.format(**subs) for a in argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
@@ -73,6 +122,10 @@ def test_bad_input_gives_one_line_and_nonzero_exit(
 
 
 def test_python_dash_m_entry_point() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mobile_o_ros", "inspect", "--config", "nope"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobile_o_ros", "inspect", "--config", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "invalid choice" in proc.stderr

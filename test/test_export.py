@@ -28,7 +28,12 @@ def test_manifest_describes_every_graph(tiny_export: Path) -> None:
     for f, digest in manifest["files"].items():
         assert sha256_file(tiny_export / f) == digest
     dit = manifest["graphs"]["dit"]
-    assert [i["name"] for i in dit["inputs"]] == ["latents", "timestep", "encoder_hidden_states", "encoder_attention_mask"]
+    assert [i["name"] for i in dit["inputs"]] == [
+        "latents",
+        "timestep",
+        "encoder_hidden_states",
+        "encoder_attention_mask",
+    ]
     assert "Clip" in dit["op_types"]  # the ±65504 clip of SANA's linear attention is explicit
     assert dit["inputs"][0]["shape"] == ["batch", 32, 16, 16]
     assert manifest["graphs"]["vae_decoder"]["outputs"][0]["shape"] == [1, 3, 512, 512]
@@ -58,7 +63,9 @@ def test_end_to_end_matches_pytorch(tiny_loaded, tiny_runtime) -> None:
 
 
 def test_backend_names_mismatched_tensors(tiny_runtime) -> None:
-    with pytest.raises(BackendError, match=r"graph 'vae_decoder' input 'latents' must have shape \[1, 32, 16, 16\]"):
+    with pytest.raises(
+        BackendError, match=r"graph 'vae_decoder' input 'latents' must have shape \[1, 32, 16, 16\]"
+    ):
         tiny_runtime.backend.run("vae_decoder", {"latents": np.zeros((1, 32, 8, 8), np.float32)})
     with pytest.raises(BackendError, match="must be float32, got float64"):
         tiny_runtime.backend.run("vae_decoder", {"latents": np.zeros((1, 32, 16, 16))})

@@ -34,14 +34,22 @@ def test_generate_seeded_with_progress(tiny_runtime) -> None:
 
 def test_cancel_stops_within_one_step(tiny_runtime, scene: np.ndarray) -> None:
     done: list[int] = []
-    res = tiny_runtime.edit(scene, "make it blue", steps=10, seed=1, on_step=lambda i, n: done.append(i),
-                            should_cancel=lambda: len(done) >= 2)
+    res = tiny_runtime.edit(
+        scene,
+        "make it blue",
+        steps=10,
+        seed=1,
+        on_step=lambda i, n: done.append(i),
+        should_cancel=lambda: len(done) >= 2,
+    )
     assert res.cancelled and res.image is None and done == [1, 2]
 
 
 def test_ask_streams_tokens_and_cancels(tiny_runtime, scene: np.ndarray) -> None:
     seen: list[tuple[str, int]] = []
-    res = tiny_runtime.ask(scene, "what colour is the square?", max_new_tokens=6, on_token=lambda t, n: seen.append((t, n)))
+    res = tiny_runtime.ask(
+        scene, "what colour is the square?", max_new_tokens=6, on_token=lambda t, n: seen.append((t, n))
+    )
     assert res.num_tokens == len(seen) <= 6
     if seen:
         assert seen[-1][0].strip() == res.answer
@@ -73,7 +81,9 @@ def test_runtime_runs_where_torch_cannot_be_imported(tiny_export: Path, tmp_path
     blocker = tmp_path / "block"
     blocker.mkdir()
     for name in ("torch", "transformers", "diffusers", "timm"):
-        (blocker / f"{name}.py").write_text(f"raise ImportError('{name} is not allowed in the runtime tier')\n")
+        (blocker / f"{name}.py").write_text(
+            f"raise ImportError('{name} is not allowed in the runtime tier')\n"
+        )
     script = textwrap.dedent(f"""
         import sys
         import numpy as np
@@ -87,7 +97,13 @@ def test_runtime_runs_where_torch_cannot_be_imported(tiny_export: Path, tmp_path
     """)
     repo = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", ""), repo]))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("ok")

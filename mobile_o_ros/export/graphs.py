@@ -5,6 +5,7 @@ Host-side logic (token splicing, CFG batch, scheduler, sampling) stays out of th
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -35,7 +36,9 @@ class VisionGraph(nn.Module):
 def _causal_mask(length: int | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     idx = torch.arange(length)
     hidden = idx[None, :] > idx[:, None]
-    return torch.where(hidden, torch.tensor(MASK_VALUE, dtype=dtype), torch.tensor(0.0, dtype=dtype))[None, None]
+    return torch.where(hidden, torch.tensor(MASK_VALUE, dtype=dtype), torch.tensor(0.0, dtype=dtype))[
+        None, None
+    ]
 
 
 class LlmHiddenGraph(nn.Module):
@@ -60,7 +63,7 @@ class LlmHiddenGraph(nn.Module):
         for layer in self.inner.layers:
             h = layer(h, attention_mask=mask, position_ids=position_ids, position_embeddings=(cos, sin))
             outs.append(h)
-        selected = outs[-self.num_out:-1] + [self.inner.norm(h)]
+        selected = [*outs[-self.num_out:-1], self.inner.norm(h)]
         return torch.stack(selected, dim=1)
 
 
@@ -79,7 +82,7 @@ class LlmDecodeGraph(nn.Module):
         self.inner = model.llm.model
         weight = model.llm.get_output_embeddings().weight
         bounds = [round(i * weight.shape[0] / lm_head_chunks) for i in range(lm_head_chunks + 1)]
-        self.lm_head_bounds = list(zip(bounds[:-1], bounds[1:]))
+        self.lm_head_bounds = list(itertools.pairwise(bounds))
         self.lm_head_weight = weight
 
     def _attention(self, layer, h, cos, sin, mask, cache_kv, position_ids):
@@ -100,7 +103,10 @@ class LlmDecodeGraph(nn.Module):
         return attn.o_proj(out), torch.stack([keys, values], dim=0)
 
     def forward(
-        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
         kv_cache: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self.inner.rotary_emb(inputs_embeds, position_ids)
@@ -120,7 +126,7 @@ class LlmDecodeGraph(nn.Module):
 
 
 class McpGraph(nn.Module):
-    """hidden_states [B, 4, N, D] → conditioning [B, N, caption_dim]; run at the true N (not pad-invariant)."""
+    """hidden_states [B, 4, N, D] → conditioning [B, N, caption_dim], at the true N (not pad-invariant)."""
 
     def __init__(self, model: MobileO) -> None:
         super().__init__()
@@ -151,7 +157,7 @@ class ExportLinearAttnProcessor:
         head_dim = value.shape[2]
         value = F.pad(value, (0, 0, 0, 1), mode="constant", value=1.0)
         out = torch.matmul(torch.matmul(value, key), query)
-        out = out[:, :, :head_dim] / (out[:, :, head_dim:head_dim + 1] + 1e-15)
+        out = out[:, :, :head_dim] / (out[:, :, head_dim : head_dim + 1] + 1e-15)
         out = out.flatten(1, 2).transpose(1, 2).to(original_dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         return out.clip(-FP16_MAX, FP16_MAX)
@@ -169,8 +175,11 @@ class DitGraph(nn.Module):
 
     def forward(self, latents, timestep, encoder_hidden_states, encoder_attention_mask):
         return self.dit(
-            hidden_states=latents, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
-            encoder_attention_mask=encoder_attention_mask, return_dict=False,
+            hidden_states=latents,
+            encoder_hidden_states=encoder_hidden_states,
+            timestep=timestep,
+            encoder_attention_mask=encoder_attention_mask,
+            return_dict=False,
         )[0]
 
 

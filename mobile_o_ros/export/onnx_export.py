@@ -47,8 +47,11 @@ class GraphSpec:
     dynamic_axes: dict[str, dict[int, str]]
 
 
-def graph_specs(model, lm_head_chunks: int) -> list[GraphSpec]:
-    """The six graphs of Mobile-O with small example inputs (shapes only matter for tracing)."""
+def graph_specs(model, lm_head_chunks: int, names: list[str] | None = None) -> list[GraphSpec]:
+    """The six graphs of Mobile-O with small example inputs (shapes only matter for tracing).
+
+    ``model`` needs only the parts the requested ``names`` use (a MobileO, or a namespace of parts).
+    """
     cfg = model.config
     d = cfg.hidden_size
     n_layers = int(cfg.llm["num_hidden_layers"])
@@ -58,31 +61,72 @@ def graph_specs(model, lm_head_chunks: int) -> list[GraphSpec]:
     t, cap, n = 4, 16, 12
     mask = torch.zeros(1, 1, t, cap)
     mask[..., t:] = graphs.MASK_VALUE
-    return [
-        GraphSpec("vision", graphs.VisionGraph(model),
-                  {"images": torch.rand(1, 3, cfg.image_size, cfg.image_size)}, ["image_embeds"],
-                  {"images": {0: "batch"}, "image_embeds": {0: "batch"}}),
-        GraphSpec("llm_hidden", graphs.LlmHiddenGraph(model), {"inputs_embeds": torch.randn(1, 16, d)},
-                  ["mcp_inputs"], {"inputs_embeds": {1: "seq"}, "mcp_inputs": {2: "seq"}}),
-        GraphSpec("llm_decode", graphs.LlmDecodeGraph(model, lm_head_chunks),
-                  {"inputs_embeds": torch.randn(1, t, d), "position_ids": torch.arange(t)[None],
-                   "attention_mask": mask, "kv_cache": torch.zeros(n_layers, 2, 1, kv_heads, cap, head_dim)},
-                  ["logits", "kv_cache_out"],
-                  {"inputs_embeds": {1: "seq"}, "position_ids": {1: "seq"},
-                   "attention_mask": {2: "seq", 3: "cache_len"}, "kv_cache": {4: "cache_len"},
-                   "kv_cache_out": {4: "cache_len"}}),
-        GraphSpec("mcp", graphs.McpGraph(model), {"hidden_states": torch.randn(2, cfg.mcp.num_layers, n, d)},
-                  ["conditioning"], {"hidden_states": {0: "batch", 2: "seq"}, "conditioning": {0: "batch", 1: "seq"}}),
-        GraphSpec("dit", graphs.DitGraph(model),
-                  {"latents": torch.randn(2, c, h, w), "timestep": torch.tensor([999.0, 999.0]),
-                   "encoder_hidden_states": torch.randn(2, n, cfg.mcp.output_dim),
-                   "encoder_attention_mask": torch.ones(2, n)},
-                  ["velocity"],
-                  {"latents": {0: "batch"}, "timestep": {0: "batch"},
-                   "encoder_hidden_states": {0: "batch", 1: "text_len"},
-                   "encoder_attention_mask": {0: "batch", 1: "text_len"}, "velocity": {0: "batch"}}),
-        GraphSpec("vae_decoder", graphs.VaeDecoderGraph(model), {"latents": torch.randn(1, c, h, w)}, ["image"], {}),
-    ]
+    builders = {
+        "vision": lambda: GraphSpec(
+            "vision",
+            graphs.VisionGraph(model),
+            {"images": torch.rand(1, 3, cfg.image_size, cfg.image_size)},
+            ["image_embeds"],
+            {"images": {0: "batch"}, "image_embeds": {0: "batch"}},
+        ),
+        "llm_hidden": lambda: GraphSpec(
+            "llm_hidden",
+            graphs.LlmHiddenGraph(model),
+            {"inputs_embeds": torch.randn(1, 16, d)},
+            ["mcp_inputs"],
+            {"inputs_embeds": {1: "seq"}, "mcp_inputs": {2: "seq"}},
+        ),
+        "llm_decode": lambda: GraphSpec(
+            "llm_decode",
+            graphs.LlmDecodeGraph(model, lm_head_chunks),
+            {
+                "inputs_embeds": torch.randn(1, t, d),
+                "position_ids": torch.arange(t)[None],
+                "attention_mask": mask,
+                "kv_cache": torch.zeros(n_layers, 2, 1, kv_heads, cap, head_dim),
+            },
+            ["logits", "kv_cache_out"],
+            {
+                "inputs_embeds": {1: "seq"},
+                "position_ids": {1: "seq"},
+                "attention_mask": {2: "seq", 3: "cache_len"},
+                "kv_cache": {4: "cache_len"},
+                "kv_cache_out": {4: "cache_len"},
+            },
+        ),
+        "mcp": lambda: GraphSpec(
+            "mcp",
+            graphs.McpGraph(model),
+            {"hidden_states": torch.randn(2, cfg.mcp.num_layers, n, d)},
+            ["conditioning"],
+            {"hidden_states": {0: "batch", 2: "seq"}, "conditioning": {0: "batch", 1: "seq"}},
+        ),
+        "dit": lambda: GraphSpec(
+            "dit",
+            graphs.DitGraph(model),
+            {
+                "latents": torch.randn(2, c, h, w),
+                "timestep": torch.tensor([999.0, 999.0]),
+                "encoder_hidden_states": torch.randn(2, n, cfg.mcp.output_dim),
+                "encoder_attention_mask": torch.ones(2, n),
+            },
+            ["velocity"],
+            {
+                "latents": {0: "batch"},
+                "timestep": {0: "batch"},
+                "encoder_hidden_states": {0: "batch", 1: "text_len"},
+                "encoder_attention_mask": {0: "batch", 1: "text_len"},
+                "velocity": {0: "batch"},
+            },
+        ),
+        "vae_decoder": lambda: GraphSpec(
+            "vae_decoder", graphs.VaeDecoderGraph(model), {"latents": torch.randn(1, c, h, w)}, ["image"], {}
+        ),
+    }
+    unknown = set(names or []) - set(builders)
+    if unknown:
+        raise ValueError(f"unknown graphs {sorted(unknown)}; choose from {list(builders)}")
+    return [build() for name, build in builders.items() if names is None or name in names]
 
 
 def sha256_file(path: Path) -> str:
@@ -109,7 +153,13 @@ def _io_description(model_proto: onnx.ModelProto) -> tuple[list[dict], list[dict
         for v in values:
             tt = v.type.tensor_type
             shape = [dim.dim_param if dim.dim_param else int(dim.dim_value) for dim in tt.shape.dim]
-            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name})
+            out.append(
+                {
+                    "name": v.name,
+                    "shape": shape,
+                    "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name,
+                }
+            )
         return out
 
     return describe(model_proto.graph.input), describe(model_proto.graph.output)
@@ -117,7 +167,9 @@ def _io_description(model_proto: onnx.ModelProto) -> tuple[list[dict], list[dict
 
 def _check_standard_ops(model_proto: onnx.ModelProto, name: str) -> list[str]:
     ops = sorted({n.op_type for n in model_proto.graph.node})
-    foreign = sorted({f"{n.domain}::{n.op_type}" for n in model_proto.graph.node if n.domain not in ("", "ai.onnx")})
+    foreign = sorted(
+        {f"{n.domain}::{n.op_type}" for n in model_proto.graph.node if n.domain not in ("", "ai.onnx")}
+    )
     if foreign:
         raise RuntimeError(f"{name}: non-standard ops would not parse in TensorRT: {', '.join(foreign)}")
     return ops
@@ -157,7 +209,7 @@ def _annotate_output_shapes(path: Path, spec: GraphSpec) -> None:
         outputs = spec.module(*spec.inputs.values())
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     proto = onnx.load(str(path), load_external_data=False)
-    for value, tensor in zip(proto.graph.output, outputs):
+    for value, tensor in zip(proto.graph.output, outputs, strict=False):
         axes = spec.dynamic_axes.get(value.name, {})
         dims = value.type.tensor_type.shape.dim
         while len(dims) < tensor.ndim:
@@ -176,20 +228,37 @@ def export_graph(spec: GraphSpec, out_dir: Path, opset: int = OPSET) -> dict[str
     external = _param_bytes(spec.module) > EXTERNAL_DATA_THRESHOLD
     t0 = time.perf_counter()
     with (
-        torch.inference_mode(False), torch.no_grad(), positive_movedim(), warnings.catch_warnings(),
+        torch.inference_mode(False),
+        torch.no_grad(),
+        positive_movedim(),
+        warnings.catch_warnings(),
         tempfile.TemporaryDirectory(dir=out_dir) as tmp,
     ):
-        warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent Python branches, all static here
+        warnings.simplefilter(
+            "ignore"
+        )  # TracerWarnings about shape-dependent Python branches, all static here
         target = Path(tmp) / path.name if external else path
         torch.onnx.export(
-            spec.module.eval(), tuple(spec.inputs.values()), str(target), dynamo=False, opset_version=opset,
-            input_names=list(spec.inputs), output_names=spec.outputs, dynamic_axes=spec.dynamic_axes or None,
+            spec.module.eval(),
+            tuple(spec.inputs.values()),
+            str(target),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(spec.inputs),
+            output_names=spec.outputs,
+            dynamic_axes=spec.dynamic_axes or None,
             do_constant_folding=True,
         )
         if external:
             proto = onnx.load(str(target))
-            onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=f"{path.name}.data", size_threshold=1024)
+            onnx.save_model(
+                proto,
+                str(path),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=f"{path.name}.data",
+                size_threshold=1024,
+            )
     _annotate_output_shapes(path, spec)
     onnx.checker.check_model(str(path))
     proto = onnx.load(str(path), load_external_data=False)
@@ -215,12 +284,18 @@ def _write_tokenizer(checkpoint: Path, out_dir: Path) -> None:
         return
     from transformers import AutoTokenizer
 
-    AutoTokenizer.from_pretrained(str(checkpoint), use_fast=True).backend_tokenizer.save(str(out_dir / "tokenizer.json"))
+    AutoTokenizer.from_pretrained(str(checkpoint), use_fast=True).backend_tokenizer.save(
+        str(out_dir / "tokenizer.json")
+    )
 
 
 def _special_ids(tokenizer) -> dict[str, int | None]:
-    names = {"im_start": prompts.IM_START, "im_end": prompts.IM_END, "endoftext": prompts.ENDOFTEXT,
-             "image": prompts.IMAGE_PLACEHOLDER}
+    names = {
+        "im_start": prompts.IM_START,
+        "im_end": prompts.IM_END,
+        "endoftext": prompts.ENDOFTEXT,
+        "image": prompts.IMAGE_PLACEHOLDER,
+    }
     ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in names.items()}
     ids["eos"] = ids["im_end"]
     ids["image_token_index"] = prompts.IMAGE_TOKEN_INDEX
@@ -243,9 +318,7 @@ def export_model(
     vocab = int(cfg.llm["vocab_size"])
     chunks = lm_head_chunks or graphs.lm_head_chunks_for(vocab, cfg.hidden_size)
     graphs_meta: dict[str, Any] = {}
-    for spec in graph_specs(model, chunks):
-        if only and spec.name not in only:
-            continue
+    for spec in graph_specs(model, chunks, names=only):
         graphs_meta[spec.name] = export_graph(spec, out_dir, opset)
 
     table = model.llm.get_input_embeddings().weight.detach().float().numpy()
@@ -256,8 +329,14 @@ def export_model(
     manifest: dict[str, Any] = {
         "format": "mobile_o_ros.export",
         "version": MANIFEST_VERSION,
-        "exporter": {"torch": torch.__version__, "onnx": onnx.__version__, "dynamo": False, "opset": opset,
-                     "do_constant_folding": True, "dtype": "float32"},
+        "exporter": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "dynamo": False,
+            "opset": opset,
+            "do_constant_folding": True,
+            "dtype": "float32",
+        },
         "source_checkpoint": {"path": str(loaded.path), "sha256": checkpoint_sha256(loaded.path)},
         "model": {
             "name": cfg.name,
@@ -277,18 +356,35 @@ def export_model(
             "kv_capacity": kv_capacity,
             "mask_value": graphs.MASK_VALUE,
         },
-        "image": {"size": cfg.image_size, "num_tokens": cfg.num_image_tokens, "pad_color": [0, 0, 0],
-                  "resample": "bicubic", "rescale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1]},
-        "prompts": {"system": prompts.SYSTEM_PROMPT, "generation_prefix": prompts.GENERATION_PREFIX,
-                    "edit_prefix": prompts.EDIT_PREFIX, "image_placeholder": prompts.IMAGE_PLACEHOLDER,
-                    "template": prompts.chat_prompt("{content}")},
+        "image": {
+            "size": cfg.image_size,
+            "num_tokens": cfg.num_image_tokens,
+            "pad_color": [0, 0, 0],
+            "resample": "bicubic",
+            "rescale": 1 / 255,
+            "mean": [0, 0, 0],
+            "std": [1, 1, 1],
+        },
+        "prompts": {
+            "system": prompts.SYSTEM_PROMPT,
+            "generation_prefix": prompts.GENERATION_PREFIX,
+            "edit_prefix": prompts.EDIT_PREFIX,
+            "image_placeholder": prompts.IMAGE_PLACEHOLDER,
+            "template": prompts.chat_prompt("{content}"),
+        },
         "special_tokens": _special_ids(loaded.tokenizer),
         "scheduler": cfg.scheduler,
-        "defaults": {"steps": cfg.defaults.steps, "guidance_scale": cfg.defaults.guidance_scale,
-                     "max_new_tokens": cfg.defaults.max_new_tokens, "temperature": cfg.defaults.temperature},
+        "defaults": {
+            "steps": cfg.defaults.steps,
+            "guidance_scale": cfg.defaults.guidance_scale,
+            "max_new_tokens": cfg.defaults.max_new_tokens,
+            "temperature": cfg.defaults.temperature,
+        },
         "graphs": graphs_meta,
     }
-    files = sorted({f for g in graphs_meta.values() for f in g["files"]} | {"embed_tokens.npy", "tokenizer.json"})
+    files = sorted(
+        {f for g in graphs_meta.values() for f in g["files"]} | {"embed_tokens.npy", "tokenizer.json"}
+    )
     manifest["files"] = {f: sha256_file(out_dir / f) for f in files}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

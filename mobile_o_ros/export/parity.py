@@ -28,8 +28,12 @@ def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     denom = np.linalg.norm(a) * np.linalg.norm(b)
     cos = float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
     err = np.abs(a - b)
-    return {"cosine": cos, "max_abs": float(err.max(initial=0.0)), "mean_abs": float(err.mean() if err.size else 0.0),
-            "ref_max_abs": float(np.abs(a).max(initial=0.0))}
+    return {
+        "cosine": cos,
+        "max_abs": float(err.max(initial=0.0)),
+        "mean_abs": float(err.mean() if err.size else 0.0),
+        "ref_max_abs": float(np.abs(a).max(initial=0.0)),
+    }
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,7 +48,7 @@ def test_image(size: int = 384, seed: int = 0) -> np.ndarray:
     h, w = size, int(size * 4 / 3)
     y, x = np.mgrid[0:h, 0:w]
     img = np.stack([x * 255 / w, y * 255 / h, (x + y) % 256], axis=-1)
-    img[h // 4: h // 2, w // 4: w // 2] = [220, 30, 30]
+    img[h // 4 : h // 2, w // 4 : w // 2] = [220, 30, 30]
     img = img + rng.normal(0, 8, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -54,7 +58,9 @@ def _t2n(t: torch.Tensor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def graph_parity(loaded: LoadedCheckpoint, runtime: MobileORuntime, seed: int = 0) -> dict[str, dict[str, Any]]:
+def graph_parity(
+    loaded: LoadedCheckpoint, runtime: MobileORuntime, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """Per-graph errors on realistic inputs (real prompts, a test image, random latents)."""
     model, tok = loaded.model.float().eval(), loaded.tokenizer
     run = runtime.backend.run
@@ -63,12 +69,16 @@ def graph_parity(loaded: LoadedCheckpoint, runtime: MobileORuntime, seed: int = 
 
     pixels = reference_preprocess(test_image())
     ref = graphs.VisionGraph(model)(pixels)
-    results["vision"] = {"image_embeds": compare(_t2n(ref), run("vision", {"images": _t2n(pixels)})["image_embeds"])}
+    results["vision"] = {
+        "image_embeds": compare(_t2n(ref), run("vision", {"images": _t2n(pixels)})["image_embeds"])
+    }
 
     ids = tokenizer_image_token(prompts.generation_prompt("a red circle on the left and a blue square"), tok)
     embeds = model.embed_tokens(torch.tensor([ids]))
     stacked = torch.stack(model.mcp_inputs(embeds), dim=1)  # transformers' own hidden-state capture
-    results["llm_hidden"] = {"mcp_inputs": compare(_t2n(stacked), run("llm_hidden", {"inputs_embeds": _t2n(embeds)})["mcp_inputs"])}
+    results["llm_hidden"] = {
+        "mcp_inputs": compare(_t2n(stacked), run("llm_hidden", {"inputs_embeds": _t2n(embeds)})["mcp_inputs"])
+    }
 
     logits_ref = model.llm(inputs_embeds=embeds).logits[0]
     n = embeds.shape[1]
@@ -76,32 +86,62 @@ def graph_parity(loaded: LoadedCheckpoint, runtime: MobileORuntime, seed: int = 
     cap = n + 8
     cache = np.zeros((m["num_layers"], 2, 1, m["num_key_value_heads"], cap, m["head_dim"]), np.float32)
     pos = np.arange(n - 1, dtype=np.int64)
-    out = run("llm_decode", {"inputs_embeds": _t2n(embeds[:, :-1]), "position_ids": pos[None],
-                             "attention_mask": runtime._decode_mask(pos, cap), "kv_cache": cache})
+    out = run(
+        "llm_decode",
+        {
+            "inputs_embeds": _t2n(embeds[:, :-1]),
+            "position_ids": pos[None],
+            "attention_mask": runtime._decode_mask(pos, cap),
+            "kv_cache": cache,
+        },
+    )
     prefill = compare(_t2n(logits_ref[n - 2]), out["logits"][0])
     last = np.array([n - 1], dtype=np.int64)
-    out2 = run("llm_decode", {"inputs_embeds": _t2n(embeds[:, -1:]), "position_ids": last[None],
-                              "attention_mask": runtime._decode_mask(last, cap), "kv_cache": out["kv_cache_out"]})
-    results["llm_decode"] = {"logits_prefill": prefill, "logits_decode_step": compare(_t2n(logits_ref[n - 1]), out2["logits"][0])}
+    out2 = run(
+        "llm_decode",
+        {
+            "inputs_embeds": _t2n(embeds[:, -1:]),
+            "position_ids": last[None],
+            "attention_mask": runtime._decode_mask(last, cap),
+            "kv_cache": out["kv_cache_out"],
+        },
+    )
+    results["llm_decode"] = {
+        "logits_prefill": prefill,
+        "logits_decode_step": compare(_t2n(logits_ref[n - 1]), out2["logits"][0]),
+    }
 
     cfg_batch = torch.cat([torch.zeros_like(stacked), stacked], dim=0)
     cond = model.mcp(cfg_batch)
-    results["mcp"] = {"conditioning": compare(_t2n(cond), run("mcp", {"hidden_states": _t2n(cfg_batch)})["conditioning"])}
+    results["mcp"] = {
+        "conditioning": compare(_t2n(cond), run("mcp", {"hidden_states": _t2n(cfg_batch)})["conditioning"])
+    }
 
     c, h, w = model.config.latent_shape
     dit_res = {}
     for t in (999, 500, 136):
         lat = torch.randn(2, c, h, w, generator=gen)
-        ref_v = model.dit(hidden_states=lat, encoder_hidden_states=cond, timestep=torch.tensor([t, t]),
-                          encoder_attention_mask=None, return_dict=False)[0]
-        feeds = {"latents": _t2n(lat), "timestep": np.full((2,), float(t), np.float32),
-                 "encoder_hidden_states": _t2n(cond), "encoder_attention_mask": np.ones(cond.shape[:2], np.float32)}
+        ref_v = model.dit(
+            hidden_states=lat,
+            encoder_hidden_states=cond,
+            timestep=torch.tensor([t, t]),
+            encoder_attention_mask=None,
+            return_dict=False,
+        )[0]
+        feeds = {
+            "latents": _t2n(lat),
+            "timestep": np.full((2,), float(t), np.float32),
+            "encoder_hidden_states": _t2n(cond),
+            "encoder_attention_mask": np.ones(cond.shape[:2], np.float32),
+        }
         dit_res[f"velocity_t{t}"] = compare(_t2n(ref_v), run("dit", feeds)["velocity"])
     results["dit"] = dit_res
 
     lat = torch.randn(1, c, h, w, generator=gen) / model.config.vae_scaling_factor
     ref_img = model.vae.decode(lat).sample
-    results["vae_decoder"] = {"image": compare(_t2n(ref_img), run("vae_decoder", {"latents": _t2n(lat)})["image"])}
+    results["vae_decoder"] = {
+        "image": compare(_t2n(ref_img), run("vae_decoder", {"latents": _t2n(lat)})["image"])
+    }
     for g in results.values():
         for metrics in g.values():
             metrics["pass"] = metrics["cosine"] >= COSINE_THRESHOLD
@@ -109,7 +149,9 @@ def graph_parity(loaded: LoadedCheckpoint, runtime: MobileORuntime, seed: int = 
 
 
 @torch.inference_mode()
-def end_to_end_parity(loaded: LoadedCheckpoint, runtime: MobileORuntime, steps: int = 4, seed: int = 0) -> dict[str, Any]:
+def end_to_end_parity(
+    loaded: LoadedCheckpoint, runtime: MobileORuntime, steps: int = 4, seed: int = 0
+) -> dict[str, Any]:
     """Greedy answers (identical ids) and images from the same noise (PSNR) on both stacks."""
     pipe = ReferencePipeline(loaded.model.float(), loaded.tokenizer, gen_dtype=torch.float32)
     image = test_image(seed=seed + 1)
@@ -122,8 +164,12 @@ def end_to_end_parity(loaded: LoadedCheckpoint, runtime: MobileORuntime, steps: 
     ref_edit = pipe.edit(image, "make the square green", steps=steps, latents=torch.from_numpy(noise))
     rt_edit = runtime.edit(image, "make the square green", steps=steps, latents=noise).image
     return {
-        "answer": {"reference": ref_ans.text, "runtime": rt_ans.answer,
-                   "identical_ids": ref_ans.token_ids == rt_ans.token_ids, "num_tokens": len(ref_ans.token_ids)},
+        "answer": {
+            "reference": ref_ans.text,
+            "runtime": rt_ans.answer,
+            "identical_ids": ref_ans.token_ids == rt_ans.token_ids,
+            "num_tokens": len(ref_ans.token_ids),
+        },
         "generate": {"psnr_db": psnr(ref_gen, rt_gen), "steps": steps},
         "edit": {"psnr_db": psnr(ref_edit, rt_edit), "steps": steps},
     }
@@ -136,5 +182,9 @@ def parity_report(loaded: LoadedCheckpoint, runtime: MobileORuntime, steps: int 
     ok = all(m["pass"] for v in g.values() for m in v.values())
     ok = ok and e["answer"]["identical_ids"] and e["generate"]["psnr_db"] >= PSNR_THRESHOLD_DB
     ok = ok and e["edit"]["psnr_db"] >= PSNR_THRESHOLD_DB
-    return {"graphs": g, "end_to_end": e, "pass": bool(ok),
-            "thresholds": {"cosine": COSINE_THRESHOLD, "psnr_db": PSNR_THRESHOLD_DB}}
+    return {
+        "graphs": g,
+        "end_to_end": e,
+        "pass": bool(ok),
+        "thresholds": {"cosine": COSINE_THRESHOLD, "psnr_db": PSNR_THRESHOLD_DB},
+    }

@@ -30,7 +30,12 @@ from safetensors.torch import load_file, save_file
 
 from mobile_o_ros.model_config import MobileOConfig, checkpoint_config_json, config_from_checkpoint_json
 from mobile_o_ros.reference.model import COMPONENTS, MobileO, vision_config
-from mobile_o_ros.reference.vision import APPLE_KEY_PREFIX, convert_apple_state_dict, reparameterize, timm_to_apple_key
+from mobile_o_ros.reference.vision import (
+    APPLE_KEY_PREFIX,
+    convert_apple_state_dict,
+    reparameterize,
+    timm_to_apple_key,
+)
 
 #: (checkpoint prefix, component, prefix inside the component); first match wins, so order matters.
 PREFIXES: tuple[tuple[str, str, str], ...] = (
@@ -91,7 +96,7 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for f in weight_files(path):
         with safe_open(str(f), framework="pt") as handle:
-            for k in handle.keys():
+            for k in handle.keys():  # noqa: SIM118 - safe_open is not iterable
                 shapes[k] = tuple(handle.get_slice(k).get_shape())
     return shapes
 
@@ -113,7 +118,7 @@ def split_checkpoint(sd: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], lis
     for key, value in sd.items():
         for prefix, comp, local_prefix in PREFIXES:
             if key.startswith(prefix):
-                parts[comp][local_prefix + key[len(prefix):]] = value
+                parts[comp][local_prefix + key[len(prefix) :]] = value
                 break
         else:
             unknown.append(key)
@@ -189,12 +194,16 @@ def compare_keys(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[in
     missing = sorted(k for k in expected if k not in found and k not in OPTIONAL_KEYS)
     unexpected = sorted(k for k in found if k not in expected)
     mismatched = sorted(
-        (k, tuple(found[k]), tuple(expected[k])) for k in found if k in expected and tuple(found[k]) != tuple(expected[k])
+        (k, tuple(found[k]), tuple(expected[k]))
+        for k in found
+        if k in expected and tuple(found[k]) != tuple(expected[k])
     )
     return KeyReport(missing, unexpected, mismatched)
 
 
-def build_model(cfg: MobileOConfig, vision_inference_mode: bool = True, device: str | torch.device = "cpu") -> MobileO:
+def build_model(
+    cfg: MobileOConfig, vision_inference_mode: bool = True, device: str | torch.device = "cpu"
+) -> MobileO:
     """Instantiate the model (``device='meta'`` for shapes only)."""
     with torch.device(device):
         return MobileO(cfg, vision_inference_mode=vision_inference_mode)
@@ -248,7 +257,10 @@ def load_tokenizer(path: Path) -> Any:
 
 
 def load_checkpoint(
-    path: str | Path, dtype: torch.dtype = torch.float32, strict: bool = True, load_tokenizer_files: bool = True
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    strict: bool = True,
+    load_tokenizer_files: bool = True,
 ) -> LoadedCheckpoint:
     """Load a Mobile-O checkpoint folder into the reference model, strictly.
 
@@ -266,7 +278,7 @@ def load_checkpoint(
         cfg = config_from_checkpoint_json(cj, vocab_rows=vocab_rows)
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"config.json does not describe a Mobile-O model: {err}") from err
-    parts, unknown = split_checkpoint(tensors)
+    parts, _ = split_checkpoint(tensors)
     inference_form = _vision_form(parts["vision"], cfg)
 
     expected = _expected_shapes(build_model(cfg, inference_form, device="meta"))
@@ -284,7 +296,9 @@ def load_checkpoint(
         module = model.component(comp)
         if comp == "llm" and "lm_head.weight" in local:
             if not torch.equal(local["lm_head.weight"], local["model.embed_tokens.weight"]):
-                raise CheckpointError("lm_head.weight differs from model.embed_tokens.weight but the LLM is tied")
+                raise CheckpointError(
+                    "lm_head.weight differs from model.embed_tokens.weight but the LLM is tied"
+                )
             local = {k: v for k, v in local.items() if k != "lm_head.weight"}
         result = module.load_state_dict(local, strict=False)
         missing = [k for k in result.missing_keys if not (comp == "llm" and k == "lm_head.weight")]
@@ -295,6 +309,7 @@ def load_checkpoint(
     model = model.to(dtype).eval()
     tokenizer = load_tokenizer(path) if load_tokenizer_files else None
     if tokenizer is not None and len(tokenizer) > vocab_rows:
-        raise CheckpointError(f"tokenizer has {len(tokenizer)} tokens but the embedding only {vocab_rows} rows")
+        raise CheckpointError(
+            f"tokenizer has {len(tokenizer)} tokens but the embedding only {vocab_rows} rows"
+        )
     return LoadedCheckpoint(model=model, tokenizer=tokenizer, config=cfg, path=path)
-

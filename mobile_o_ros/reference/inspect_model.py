@@ -70,7 +70,7 @@ def inspect_checkpoint(path: Path, steps: int = 20) -> dict[str, Any]:
     dtypes: dict[str, str] = {}
     for f in weight_files(path):
         with safe_open(str(f), framework="pt") as handle:
-            for k in handle.keys():
+            for k in handle.keys():  # noqa: SIM118 - safe_open is not iterable
                 dtypes[k] = str(handle.get_slice(k).get_dtype())
     rows = shapes.get("model.embed_tokens.weight", (None,))[0]
     cfg = config_from_checkpoint_json(read_config_json(path), vocab_rows=rows)

@@ -71,7 +71,9 @@ class LayerFusion(nn.Module):
         self.sequence_refiners = nn.ModuleList(
             [SequenceRefinementBlock(cfg.hidden_dim) for _ in range(cfg.num_refinement_blocks)]
         )
-        self.output_proj = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.output_dim), nn.LayerNorm(cfg.output_dim))
+        self.output_proj = nn.Sequential(
+            nn.Linear(cfg.hidden_dim, cfg.output_dim), nn.LayerNorm(cfg.output_dim)
+        )
 
     def fusion_weights(self) -> torch.Tensor:
         """softmax(layer_weights / temperature), both read from the checkpoint."""
@@ -99,10 +101,12 @@ class MobileConditioningProjector(nn.Module):
         """How many trailing hidden states it consumes."""
         return self.fusion.num_layers
 
-    def forward(self, hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...] | torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...] | torch.Tensor
+    ) -> torch.Tensor:
         """Takes the last ``num_layers`` hidden states (a sequence, oldest first) or them stacked on dim 1."""
         if isinstance(hidden_states, torch.Tensor):
             stacked = hidden_states
         else:
-            stacked = torch.stack(list(hidden_states)[-self.num_layers:], dim=1)
+            stacked = torch.stack(list(hidden_states)[-self.num_layers :], dim=1)
         return self.fusion(stacked)

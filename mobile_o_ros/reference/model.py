@@ -44,7 +44,9 @@ def qwen2_config(cfg: MobileOConfig, attn_implementation: str = "sdpa") -> Qwen2
 class MobileO(nn.Module):
     """All Mobile-O parts in one module; the checkpoint's key layout is mapped by :mod:`.checkpoint`."""
 
-    def __init__(self, cfg: MobileOConfig, vision_inference_mode: bool = True, attn_implementation: str = "sdpa"):
+    def __init__(
+        self, cfg: MobileOConfig, vision_inference_mode: bool = True, attn_implementation: str = "sdpa"
+    ):
         super().__init__()
         self.config = cfg
         self.llm = Qwen2ForCausalLM(qwen2_config(cfg, attn_implementation))
@@ -70,7 +72,7 @@ class MobileO(nn.Module):
     def mcp_inputs(self, inputs_embeds: torch.Tensor) -> list[torch.Tensor]:
         """One causal prefill → hidden_states[-num_layers:] (raw layers, the last one final-normed)."""
         out = self.llm.model(inputs_embeds=inputs_embeds, output_hidden_states=True, use_cache=False)
-        return list(out.hidden_states[-self.mcp.num_layers:])
+        return list(out.hidden_states[-self.mcp.num_layers :])
 
     def component(self, name: str) -> nn.Module:
         """A part by name (see :data:`COMPONENTS`)."""

@@ -24,7 +24,10 @@ StepCallback = Callable[[int, int], None]
 
 def tokenizer_image_token(prompt: str, tokenizer) -> list[int]:
     """LLaVA's splice convention: split on ``<image>``, tokenize chunks, join them with −200."""
-    chunks = [tokenizer(chunk, add_special_tokens=False).input_ids for chunk in prompt.split(prompts.IMAGE_PLACEHOLDER)]
+    chunks = [
+        tokenizer(chunk, add_special_tokens=False).input_ids
+        for chunk in prompt.split(prompts.IMAGE_PLACEHOLDER)
+    ]
     ids: list[int] = []
     for i, chunk in enumerate(chunks):
         if i:

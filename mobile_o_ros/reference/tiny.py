@@ -21,7 +21,7 @@ from mobile_o_ros.tokenizer_factory import build_tiny_tokenizer
 
 
 def randomize_(model: MobileO, seed: int) -> None:
-    """Re-draw every floating parameter with a fan-in scaled normal (norm weights near 1), deterministically."""
+    """Re-draw every floating parameter: fan-in scaled normals, norm weights near 1; deterministic."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

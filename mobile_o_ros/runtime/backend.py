@@ -16,15 +16,13 @@ def check_feeds(graph: str, spec: list[dict[str, Any]], feeds: dict[str, np.ndar
     """Compare feeds with a manifest I/O spec: names, dtypes, ranks and fixed dimensions."""
     expected = {s["name"]: s for s in spec}
     if set(feeds) != set(expected):
-        raise BackendError(
-            f"graph {graph!r} takes inputs {sorted(expected)}, got {sorted(feeds)}"
-        )
+        raise BackendError(f"graph {graph!r} takes inputs {sorted(expected)}, got {sorted(feeds)}")
     for name, value in feeds.items():
         s = expected[name]
         if value.dtype != np.dtype(s["dtype"]):
             raise BackendError(f"graph {graph!r} input {name!r} must be {s['dtype']}, got {value.dtype}")
         if value.ndim != len(s["shape"]) or any(
-            isinstance(d, int) and d > 0 and d != v for d, v in zip(s["shape"], value.shape)
+            isinstance(d, int) and d > 0 and d != v for d, v in zip(s["shape"], value.shape, strict=False)
         ):
             raise BackendError(
                 f"graph {graph!r} input {name!r} must have shape {s['shape']}, got {list(value.shape)}"
@@ -44,5 +42,6 @@ class Backend(ABC):
         """What the backend is running on, for logs and diagnostics."""
         return {"backend": self.name}
 
+    @abstractmethod
     def close(self) -> None:
         """Free sessions/engines and device memory."""

@@ -85,14 +85,21 @@ class MobileORuntime:
         self.embed_table = np.load(self.export_dir / "embed_tokens.npy", mmap_mode="r")
         self.eos_id = int(manifest["special_tokens"]["eos"])
         self.latent_shape = tuple(m["latent_shape"])
-        self.context_length = min(int(m.get("max_position_embeddings", 2048)), int(m.get("context_length", 2048)))
+        self.context_length = min(
+            int(m.get("max_position_embeddings", 2048)), int(m.get("context_length", 2048))
+        )
         self.image_size = int(manifest["image"]["size"])
         self.defaults = manifest["defaults"]
         self.scheduler = FlowDPMSolverScheduler(manifest["scheduler"])
 
     @classmethod
-    def load(cls, export_dir: str | Path, backend: str = "onnxruntime", verify: bool = False,
-             **backend_options: Any) -> MobileORuntime:
+    def load(
+        cls,
+        export_dir: str | Path,
+        backend: str = "onnxruntime",
+        verify: bool = False,
+        **backend_options: Any,
+    ) -> MobileORuntime:
         """Open an export folder (``manifest.json`` + graphs) with the named backend."""
         export_dir = Path(export_dir)
         manifest = load_manifest(export_dir, verify_hashes=verify)
@@ -133,8 +140,13 @@ class MobileORuntime:
         return rng.standard_normal((1, *self.latent_shape), dtype=np.float32)
 
     def denoise(
-        self, cond: np.ndarray, latents: np.ndarray, steps: int, guidance_scale: float,
-        on_step: StepCallback | None = None, should_cancel: CancelCheck | None = None,
+        self,
+        cond: np.ndarray,
+        latents: np.ndarray,
+        steps: int,
+        guidance_scale: float,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
     ) -> np.ndarray | None:
         """DPM-Solver++ with batched CFG: v = u + g·(c − u); returns None when cancelled."""
         self.scheduler.set_timesteps(steps)
@@ -163,12 +175,20 @@ class MobileORuntime:
 
     # ----------------------------------------------------------------------------- tasks
     def _image_task(
-        self, prompt: str, image: np.ndarray | None, steps: int | None, guidance_scale: float | None,
-        seed: int | None, latents: np.ndarray | None, on_step: StepCallback | None,
+        self,
+        prompt: str,
+        image: np.ndarray | None,
+        steps: int | None,
+        guidance_scale: float | None,
+        seed: int | None,
+        latents: np.ndarray | None,
+        on_step: StepCallback | None,
         should_cancel: CancelCheck | None,
     ) -> ImageResult:
         steps = validation.check_steps(self.defaults["steps"] if steps is None else steps)
-        g = validation.check_guidance(self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
+        g = validation.check_guidance(
+            self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+        )
         _, used_seed = make_rng(validation.check_seed(seed))
         embeds = self.prompt_embeddings(prompt, image)
         noise = self.initial_latents(used_seed) if latents is None else np.asarray(latents, dtype=np.float32)
@@ -178,24 +198,51 @@ class MobileORuntime:
         return ImageResult(self.decode(out), used_seed, steps, prompt_tokens=len(embeds))
 
     def generate(
-        self, caption: str, steps: int | None = None, guidance_scale: float | None = None, seed: int | None = None,
-        latents: np.ndarray | None = None, on_step: StepCallback | None = None,
+        self,
+        caption: str,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        latents: np.ndarray | None = None,
+        on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> ImageResult:
         """Text to a 512×512 RGB image."""
         caption = validation.check_text(caption, "prompt")
-        return self._image_task(prompts.generation_prompt(caption), None, steps, guidance_scale, seed, latents,
-                                on_step, should_cancel)
+        return self._image_task(
+            prompts.generation_prompt(caption),
+            None,
+            steps,
+            guidance_scale,
+            seed,
+            latents,
+            on_step,
+            should_cancel,
+        )
 
     def edit(
-        self, image: np.ndarray, instruction: str, steps: int | None = None, guidance_scale: float | None = None,
-        seed: int | None = None, latents: np.ndarray | None = None, on_step: StepCallback | None = None,
+        self,
+        image: np.ndarray,
+        instruction: str,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        latents: np.ndarray | None = None,
+        on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> ImageResult:
         """Image + instruction to a new 512×512 image (the source enters as 256 vision tokens)."""
         instruction = validation.check_text(instruction, "instruction")
-        return self._image_task(prompts.edit_prompt(instruction), image, steps, guidance_scale, seed, latents,
-                                on_step, should_cancel)
+        return self._image_task(
+            prompts.edit_prompt(instruction),
+            image,
+            steps,
+            guidance_scale,
+            seed,
+            latents,
+            on_step,
+            should_cancel,
+        )
 
     def _decode_mask(self, positions: np.ndarray, capacity: int) -> np.ndarray:
         visible = np.arange(capacity)[None, :] <= positions[:, None]
@@ -203,13 +250,22 @@ class MobileORuntime:
         return mask[None, None]
 
     def ask(
-        self, image: np.ndarray | None, question: str, max_new_tokens: int | None = None, temperature: float = 0.0,
-        top_p: float = 1.0, top_k: int = 0, seed: int | None = None, on_token: TokenCallback | None = None,
+        self,
+        image: np.ndarray | None,
+        question: str,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        on_token: TokenCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> AskResult:
         """Answer a question about an image (or a text-only question when ``image`` is None)."""
         question = validation.check_text(question, "question")
-        n_new = validation.check_max_new_tokens(self.defaults["max_new_tokens"] if not max_new_tokens else max_new_tokens)
+        n_new = validation.check_max_new_tokens(
+            max_new_tokens if max_new_tokens else self.defaults["max_new_tokens"]
+        )
         temperature = validation.check_temperature(temperature)
         top_p = validation.check_top_p(top_p)
         rng, used_seed = make_rng(validation.check_seed(seed))
@@ -217,7 +273,9 @@ class MobileORuntime:
         embeds = self.prompt_embeddings(prompt, image, reserve=n_new)
         m = self.model_info
         capacity = int(math.ceil((len(embeds) + n_new) / 64) * 64)
-        cache = np.zeros((m["num_layers"], 2, 1, m["num_key_value_heads"], capacity, m["head_dim"]), np.float32)
+        cache = np.zeros(
+            (m["num_layers"], 2, 1, m["num_key_value_heads"], capacity, m["head_dim"]), np.float32
+        )
         positions = np.arange(len(embeds), dtype=np.int64)
         step_embeds = embeds
         decoder = IncrementalDecoder(self.tokenizer)
@@ -228,12 +286,15 @@ class MobileORuntime:
             if should_cancel is not None and should_cancel():
                 cancelled = True
                 break
-            out = self.backend.run("llm_decode", {
-                "inputs_embeds": step_embeds[None].astype(np.float32),
-                "position_ids": positions[None],
-                "attention_mask": self._decode_mask(positions, capacity),
-                "kv_cache": cache,
-            })
+            out = self.backend.run(
+                "llm_decode",
+                {
+                    "inputs_embeds": step_embeds[None].astype(np.float32),
+                    "position_ids": positions[None],
+                    "attention_mask": self._decode_mask(positions, capacity),
+                    "kv_cache": cache,
+                },
+            )
             cache = out["kv_cache_out"]
             token = sample_next_token(out["logits"][0], temperature, top_p, top_k, rng)
             if token == self.eos_id:
@@ -242,11 +303,15 @@ class MobileORuntime:
             text += decoder.add(token)
             if on_token is not None:
                 on_token(text, len(ids))
-            step_embeds = np.asarray(self.embed_table[token:token + 1], dtype=np.float32)
+            step_embeds = np.asarray(self.embed_table[token : token + 1], dtype=np.float32)
             positions = np.array([positions[-1] + 1], dtype=np.int64)
         answer = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return AskResult(answer, len(ids), used_seed, ids, cancelled, prompt_tokens=len(embeds))
 
     def info(self) -> dict[str, Any]:
         """Model and backend description for diagnostics."""
-        return {"model": self.model_info.get("name"), "export_dir": str(self.export_dir), **self.backend.describe()}
+        return {
+            "model": self.model_info.get("name"),
+            "export_dir": str(self.export_dir),
+            **self.backend.describe(),
+        }

@@ -34,7 +34,9 @@ def load_manifest(export_dir: str | Path, verify_hashes: bool = False) -> dict[s
     except ValueError as err:
         raise ManifestError(f"corrupt manifest.json in {export_dir}: {err}") from err
     if manifest.get("version") not in SUPPORTED_VERSIONS:
-        raise ManifestError(f"manifest version {manifest.get('version')} is not supported ({SUPPORTED_VERSIONS})")
+        raise ManifestError(
+            f"manifest version {manifest.get('version')} is not supported ({SUPPORTED_VERSIONS})"
+        )
     missing_graphs = [g for g in REQUIRED_GRAPHS if g not in manifest.get("graphs", {})]
     if missing_graphs:
         raise ManifestError(f"export in {export_dir} lacks graphs: {', '.join(missing_graphs)}; re-export it")

@@ -56,7 +56,9 @@ class OnnxRuntimeBackend(Backend):
                 continue
             path = self.export_dir / meta["file"]
             try:
-                self.sessions[name] = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+                self.sessions[name] = ort.InferenceSession(
+                    str(path), sess_options=options, providers=self.providers
+                )
             except Exception as err:  # onnxruntime raises its own exception classes
                 raise BackendError(f"cannot load graph {name!r} from {path}: {err}") from err
 
@@ -67,7 +69,7 @@ class OnnxRuntimeBackend(Backend):
         check_feeds(graph, self.manifest["graphs"][graph]["inputs"], feeds)
         names = [o["name"] for o in self.manifest["graphs"][graph]["outputs"]]
         outputs = self.sessions[graph].run(names, feeds)
-        return dict(zip(names, outputs))
+        return dict(zip(names, outputs, strict=False))
 
     def describe(self) -> dict[str, Any]:
         """Backend name and providers."""
