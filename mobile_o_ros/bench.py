@@ -62,41 +62,6 @@ def _repeats(component: str, quick: bool) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------- torch side
-def _build_parts(config: str, graphs_needed: list[str]):
-    """Only the modules the graphs need, randomly initialised (seeded), as a MobileO-like namespace."""
-    import torch
-    from diffusers import AutoencoderDC, SanaTransformer2DModel
-    from transformers import Qwen2ForCausalLM
-
-    from mobile_o_ros.model_config import preset
-    from mobile_o_ros.reference.mcp import MobileConditioningProjector
-    from mobile_o_ros.reference.model import qwen2_config, vision_config
-    from mobile_o_ros.reference.vision import build_vision_tower
-
-    torch.manual_seed(0)
-    cfg = preset(config)
-    ns = SimpleNamespace(config=cfg)
-    if "vision" in graphs_needed:
-        ns.vision = build_vision_tower(vision_config(cfg))
-        ns.mm_projector = torch.nn.Sequential(
-            torch.nn.Linear(cfg.mm_hidden_size, cfg.hidden_size),
-            torch.nn.GELU(),
-            torch.nn.Linear(cfg.hidden_size, cfg.hidden_size),
-        )
-    if {"llm_hidden", "llm_decode", "mcp"} & set(graphs_needed):
-        ns.mcp = MobileConditioningProjector(cfg.mcp)
-    if {"llm_hidden", "llm_decode"} & set(graphs_needed):
-        ns.llm = Qwen2ForCausalLM(qwen2_config(cfg))
-    if "dit" in graphs_needed:
-        ns.dit = SanaTransformer2DModel(**cfg.dit)
-    if "vae_decoder" in graphs_needed:
-        ns.vae = AutoencoderDC(**cfg.vae)
-    for name in ("vision", "mm_projector", "mcp", "llm", "dit", "vae"):
-        if hasattr(ns, name):
-            getattr(ns, name).eval()
-    return ns
-
-
 def _inputs(ns, component: str) -> dict[str, Any]:
     cfg = ns.config
     rng = np.random.default_rng(0)
@@ -134,7 +99,9 @@ def run_torch(config: str, component: str, quick: bool) -> dict[str, Any]:
     from diffusers import DPMSolverMultistepScheduler
 
     torch.set_num_threads(THREADS)
-    ns = _build_parts(config, GRAPH_OF[component])
+    from mobile_o_ros.export.parts import build_parts
+
+    ns = build_parts(config, GRAPH_OF[component])
     x = _inputs(ns, component)
     t = torch.from_numpy
     warmup, repeats = _repeats(component, quick)
@@ -203,7 +170,9 @@ def export_graphs(config: str, graphs_needed: list[str], onnx_dir: Path) -> None
     if not todo:
         return
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    ns = _build_parts(config, todo)
+    from mobile_o_ros.export.parts import build_parts
+
+    ns = build_parts(config, todo)
     chunks = g.lm_head_chunks_for(int(ns.config.llm["vocab_size"]), ns.config.hidden_size)
     for spec in graph_specs(ns, chunks, names=todo):
         export_graph(spec, onnx_dir)

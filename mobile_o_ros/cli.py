@@ -294,12 +294,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_graph_rows(graph_results: dict) -> None:
+    for graph, outputs in graph_results.items():
+        for out, m in outputs.items():
+            if out.startswith("_"):
+                continue
+            flag = "ok " if m["pass"] else "BAD"
+            print(
+                f"{flag} {graph:<12} {out:<20} cosine {m['cosine']:.8f}  max_abs {m['max_abs']:.3e}"
+                f"  (ref max {m['ref_max_abs']:.3e})"
+            )
+
+
 def cmd_parity(args: argparse.Namespace) -> int:
-    from mobile_o_ros.export.parity import parity_report
+    from mobile_o_ros.export.parity import parity_report, random_weight_parity
     from mobile_o_ros.reference.checkpoint import CheckpointError, load_checkpoint
     from mobile_o_ros.runtime.engine import MobileORuntime
     from mobile_o_ros.runtime.manifest import ManifestError
 
+    if args.config:
+        if args.checkpoint or args.export_dir:
+            raise CliError("give CHECKPOINT EXPORT_DIR, or --config NAME --work-dir DIR, not both")
+        report = random_weight_parity(args.config, Path(args.work_dir), args.graphs)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(f"random weights at {args.config}:")
+            _print_graph_rows(report["graphs"])
+            print("PASS" if report["pass"] else "FAIL")
+        return 0 if report["pass"] else EXIT_FAILURE
+    if not (args.checkpoint and args.export_dir):
+        raise CliError("give CHECKPOINT EXPORT_DIR (or --config NAME for random weights)")
     try:
         loaded = load_checkpoint(_check_model(args.checkpoint))
         runtime = MobileORuntime.load(_check_model(args.export_dir), backend="onnxruntime", verify=True)
@@ -309,13 +334,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        for graph, outputs in report["graphs"].items():
-            for out, m in outputs.items():
-                flag = "ok " if m["pass"] else "BAD"
-                print(
-                    f"{flag} {graph:<12} {out:<20} cosine {m['cosine']:.8f}  max_abs {m['max_abs']:.3e}"
-                    f"  (ref max {m['ref_max_abs']:.3e})"
-                )
+        _print_graph_rows(report["graphs"])
         e = report["end_to_end"]
         print(f"answer identical: {e['answer']['identical_ids']} ({e['answer']['num_tokens']} tokens)")
         print(
@@ -414,9 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("parity", help="compare an export with the PyTorch reference")
-    p.add_argument("checkpoint")
-    p.add_argument("export_dir")
+    p.add_argument("checkpoint", nargs="?")
+    p.add_argument("export_dir", nargs="?")
     p.add_argument("--steps", type=int, default=4, help="denoising steps for the end-to-end images")
+    p.add_argument("--config", choices=PRESETS, help="per-graph parity with random weights at this size")
+    p.add_argument("--work-dir", default="bench_out/parity", help="where --config exports its graphs")
+    p.add_argument("--graphs", nargs="+", default=None, help="with --config: only these graphs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_parity)
 
