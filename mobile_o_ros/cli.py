@@ -442,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_parity)
 
+    from mobile_o_ros.trt.cli import add_build_engines_parser
+
+    add_build_engines_parser(sub)
+
     p = sub.add_parser("demo", help="run the demo and write outputs under OUT")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--model", default=None, help="checkpoint or export folder (default: the embedded model)")
