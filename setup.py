@@ -46,6 +46,7 @@ setup(
         "PyYAML>=6.0",
         "psutil>=5.9",
         "tqdm>=4.66",
+        "onnx>=1.16",
     ],
     extras_require={
         "export": [
