@@ -1,0 +1,146 @@
+"""``mobile-o serve`` / ``mobile-o ros`` argument handling (the verbs against a live node are in
+test_ros_integration.py)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mobile_o_ros.ros import cli as ros_cli
+from mobile_o_ros.ros.testing import serve_command
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mobile-o")
+    ros_cli.add_parsers(parser.add_subparsers(dest="verb", required=True))
+    return parser.parse_args(list(argv))
+
+
+def test_serve_arguments_and_rclpy_argv(tmp_path: Path) -> None:
+    params = tmp_path / "p.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    max_queue: 2\n")
+    args = _parse(
+        "serve",
+        "--model-dir",
+        str(tmp_path),
+        "--backend",
+        "onnxruntime",
+        "--params",
+        str(params),
+        "--namespace",
+        "robot1/mo",
+        "--camera-topics",
+        "/a/image",
+        "/b/image",
+        "--use-compressed",
+        "--ros-args",
+        "-p",
+        "max_queue:=3",
+        "--log-level",
+        "debug",
+    )
+    assert args.func is ros_cli.cmd_serve
+    assert ros_cli.serve_overrides(args) == {
+        "model_dir": str(tmp_path.resolve()),
+        "backend": "onnxruntime",
+        "camera_topics": ["/a/image", "/b/image"],
+        "use_compressed": True,
+    }
+    argv = ros_cli.serve_argv(args, "/tmp/overrides.yaml")
+    # user ros-args first (the first __ns remap wins in rcl), then our namespace, params file, then the
+    # flag overrides (later params files win, like launch's parameters=[file, {overrides}])
+    assert argv == [
+        "mobile-o",
+        "--ros-args",
+        "-p",
+        "max_queue:=3",
+        "--log-level",
+        "debug",
+        "-r",
+        "__ns:=/robot1/mo",
+        "--params-file",
+        str(params.resolve()),
+        "--params-file",
+        "/tmp/overrides.yaml",
+    ]
+
+
+def test_serve_defaults_add_no_overrides() -> None:
+    args = _parse("serve", "--params", "x.yaml")
+    assert ros_cli.serve_overrides(args) == {}
+    assert ros_cli.serve_argv(args, None)[:4] == ["mobile-o", "--ros-args", "-r", "__ns:=/mobile_o"]
+
+
+def test_namespace_normalisation() -> None:
+    assert ros_cli.normalize_namespace("mobile_o") == "/mobile_o"
+    assert ros_cli.normalize_namespace("/a/b/") == "/a/b"
+    assert ros_cli.normalize_namespace("") == "/"
+
+
+def test_params_file_model_dir_detection(tmp_path: Path) -> None:
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"model_dir": "/models/x"}}}))
+    assert ros_cli._params_file_has_model_dir(p)
+    p.write_text(yaml.safe_dump({"/robot/mobile_o": {"ros__parameters": {"model_dir": ""}}}))
+    assert not ros_cli._params_file_has_model_dir(p)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve"], "no model: give --model-dir DIR or set model_dir in the --params file"),
+        (
+            ["serve", "--model-dir", "/nonexistent/export"],
+            "is not a Mobile-O export folder (no manifest.json)",
+        ),
+        (["serve", "--params", "/nonexistent.yaml"], "params file not found: /nonexistent.yaml"),
+        (["ros"], "choose a sub-command: ask, generate or edit"),
+    ],
+)
+def test_errors_are_one_line(argv: list[str], message: str) -> None:
+    r = subprocess.run([*serve_command(), *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"mobile-o: error: {r.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in r.stderr
+
+
+def test_ros_verbs_parse() -> None:
+    args = _parse("ros", "ask", "what is this?", "--camera", "/front/image_raw", "--stream", "--json")
+    assert (args.func, args.question, args.camera, args.stream, args.namespace) == (
+        ros_cli.cmd_ros_ask,
+        "what is this?",
+        "/front/image_raw",
+        True,
+        "/mobile_o",
+    )
+    args = _parse(
+        "ros",
+        "generate",
+        "a cube",
+        "--out",
+        "x.png",
+        "--steps",
+        "4",
+        "--guidance",
+        "2",
+        "--seed",
+        "7",
+        "--progress",
+        "--namespace",
+        "/r",
+    )
+    assert (args.func, args.steps, args.guidance, args.seed, args.progress) == (
+        ros_cli.cmd_ros_generate,
+        4,
+        2.0,
+        7,
+        True,
+    )
+    args = _parse("ros", "edit", "make it red", "--image", "in.png", "--out", "o.png")
+    assert args.func is ros_cli.cmd_ros_edit and args.image == "in.png"
+    with pytest.raises(SystemExit):
+        _parse("ros", "generate", "a cube")  # --out is required
