@@ -1,0 +1,425 @@
+"""``make demo``: the whole stack on a laptop without a GPU.
+
+camera topic → ROS 2 node (``mobile-o serve``, its own process) → onnxruntime engines → answers and images.
+A synthetic camera streams shape scenes; the demo asks questions about the live frames, generates images
+from prompts and edits the current frame through the node's services, then writes ``index.html`` and
+``summary.json`` under the output folder and prints a short table.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+NAMESPACE = "/mobile_o_demo"
+CAMERA_TOPIC = "/demo/camera/image_raw"
+GENERATE_PROMPTS = (
+    "a red circle on the left",
+    "a blue square at the top",
+    "a green triangle and a yellow circle",
+)
+EDIT_INSTRUCTIONS = ("make the circle green",)
+NUM_QUESTIONS = 6
+
+
+# ------------------------------------------------------------------------------------------- model
+def cache_dir() -> Path:
+    """Where exports are cached: ``$MOBILE_O_CACHE`` or ``~/.cache/mobile_o_ros``."""
+    return Path(os.environ.get("MOBILE_O_CACHE", Path.home() / ".cache" / "mobile_o_ros"))
+
+
+def embedded_checkpoint() -> tuple[Path, str]:
+    """The embedded shapes model when shipped, else a tiny random checkpoint (made once, cached)."""
+    try:
+        from mobile_o_ros.shapes import embedded_model_dir
+
+        path = embedded_model_dir()
+        if (path / "model.safetensors").is_file():
+            return path, "embedded shapes model (mobile_o_ros/models/shapes)"
+    except ImportError:
+        pass
+    from mobile_o_ros.reference.tiny import make_tiny_checkpoint
+
+    path = cache_dir() / "tiny_random"
+    if not (path / "model.safetensors").is_file():
+        make_tiny_checkpoint(path, seed=0)
+    return path, "tiny random checkpoint (no trained embedded model found: answers and images are noise)"
+
+
+def exported(checkpoint: Path) -> Path:
+    """Export ``checkpoint`` to ONNX once; cached by the checkpoint's sha256."""
+    from mobile_o_ros.reference.checkpoint import checkpoint_sha256
+
+    out = cache_dir() / "exports" / checkpoint_sha256(checkpoint)[:16]
+    if (out / "manifest.json").is_file():
+        return out
+    from mobile_o_ros.export.onnx_export import export_model
+    from mobile_o_ros.reference.checkpoint import load_checkpoint
+
+    tmp = out.with_suffix(".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_model(load_checkpoint(checkpoint), tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def resolve_model(model: str | None) -> tuple[Path, str]:
+    """(export folder, description) for ``--model`` (checkpoint or export folder) or the embedded model."""
+    if model:
+        path = Path(model)
+        if (path / "manifest.json").is_file():
+            return path, f"export folder {path}"
+        if (path / "config.json").is_file():
+            return exported(path), f"checkpoint {path}"
+        raise SystemExit(f"mobile-o: error: {model} is neither a checkpoint nor an export folder")
+    checkpoint, description = embedded_checkpoint()
+    return exported(checkpoint), description
+
+
+# ------------------------------------------------------------------------------------------- scenes
+@dataclass
+class Scene:
+    """A synthetic camera frame with questions whose answers are known."""
+
+    image: np.ndarray
+    caption: str
+    qa: list[tuple[str, str]] = field(default_factory=list)
+
+
+_COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
+
+
+def _fallback_scene(rng: random.Random, size: tuple[int, int] = (480, 640)) -> Scene:
+    h, w = size
+    img = np.full((h, w, 3), 255, np.uint8)
+    colour = rng.choice(list(_COLOURS))
+    shape = rng.choice(["circle", "square"])
+    side = rng.choice(["left", "right"])
+    cx = w // 4 if side == "left" else 3 * w // 4
+    if shape == "circle":
+        cv2.circle(img, (cx, h // 2), h // 5, _COLOURS[colour], -1)
+    else:
+        cv2.rectangle(
+            img, (cx - h // 5, h // 2 - h // 5), (cx + h // 5, h // 2 + h // 5), _COLOURS[colour], -1
+        )
+    qa = [(f"what colour is the {shape}?", colour), (f"where is the {colour} {shape}?", side)]
+    return Scene(img, f"a {colour} {shape} on the {side}", qa)
+
+
+def make_scenes(n: int, seed: int = 0) -> list[Scene]:
+    """Scenes from the shapes world when available, else simple drawn ones."""
+    try:
+        from mobile_o_ros.shapes.demo_scenes import demo_scenes
+
+        return demo_scenes(n, seed)
+    except ImportError:
+        rng = random.Random(seed)
+        return [_fallback_scene(rng) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------------------------- ROS side
+class Camera:
+    """Publishes the current scene as rgb8 at a fixed rate and remembers which stamp showed which scene."""
+
+    def __init__(self, node: Any, scenes: list[Scene], rate_hz: float = 4.0) -> None:
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+
+        from mobile_o_ros.ros.images import rgb_to_image
+
+        self._to_msg = rgb_to_image
+        self.node = node
+        self.scenes = scenes
+        self.index = 0
+        self.stamps: dict[tuple[int, int], int] = {}
+        self.lock = threading.Lock()
+        self.pub = node.create_publisher(Image, CAMERA_TOPIC, qos_profile_sensor_data)
+        self.timer = node.create_timer(1.0 / rate_hz, self.publish)
+
+    def show(self, index: int) -> None:
+        """Switch the camera to scene ``index``."""
+        with self.lock:
+            self.index = index
+
+    def publish(self) -> None:
+        """Timer callback: one frame of the current scene."""
+        with self.lock:
+            index = self.index
+        msg = self._to_msg(self.scenes[index].image)
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.header.frame_id = "demo_camera"
+        self.stamps[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = index
+        self.pub.publish(msg)
+
+    def scene_of(self, header: Any) -> int | None:
+        """Which scene a response's header stamp belongs to."""
+        return self.stamps.get((header.stamp.sec, header.stamp.nanosec))
+
+
+def _start_server(export_dir: Path, workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    params = workdir / "demo_params.yaml"
+    params.write_text(
+        "/**:\n  ros__parameters:\n"
+        f"    camera_topics: ['{CAMERA_TOPIC}']\n    busy_policy: queue\n    max_queue: 8\n"
+        "    continuous_question: ''\n"
+    )
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
+    cmd = [
+        sys.executable,
+        "-m",
+        "mobile_o_ros",
+        "serve",
+        "--model-dir",
+        str(export_dir),
+        "--backend",
+        "onnxruntime",
+        "--params",
+        str(params),
+        "--namespace",
+        NAMESPACE,
+    ]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _stamp(header: Any) -> str:
+    return f"{header.stamp.sec}.{header.stamp.nanosec:09d}"
+
+
+def _save(path: Path, rgb: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return str(path.relative_to(path.parents[1]))
+
+
+# ------------------------------------------------------------------------------------------- report
+def _html(summary: dict[str, Any], records: dict[str, list[dict[str, Any]]]) -> str:
+    e = html.escape
+
+    def card(img: str, title: str, lines: list[str]) -> str:
+        body = "".join(f"<div class='meta'>{e(x)}</div>" for x in lines)
+        caption = f"<figcaption><b>{e(title)}</b>{body}</figcaption>"
+        return f"<figure><img src='{e(img)}' alt='{e(title)}'>{caption}</figure>"
+
+    rows = []
+    for r in records["questions"]:
+        ok = r.get("correct")
+        mark = "" if ok is None else ("<span class='ok'>✓</span>" if ok else "<span class='bad'>✗</span>")
+        rows.append(
+            f"<tr><td><img class='thumb' src='{e(r['frame'])}'></td><td>{e(r['question'])}</td>"
+            f"<td><b>{e(r['answer'] or '(empty)')}</b> {mark}</td><td>{e(r.get('expected') or '—')}</td>"
+            f"<td>{e(r['stamp'])}</td><td>{r['latency_ms']:.0f} ms</td></tr>"
+        )
+    gens = "".join(
+        card(r["image"], r["prompt"], [f"seed {r['seed']}", f"{r['latency_ms']:.0f} ms"])
+        for r in records["generations"]
+    )
+    edits = "".join(
+        card(r["source"], "camera frame", [r["source_stamp"]])
+        + card(r["image"], r["instruction"], [f"seed {r['seed']}", f"{r['latency_ms']:.0f} ms"])
+        for r in records["edits"]
+    )
+    s = summary
+    accuracy = s["vqa"]["accuracy_pct"]
+    kpis = [
+        (f"{accuracy}%" if accuracy is not None else "—", "VQA exact match"),
+        (f"{s['vqa']['median_latency_ms']:.0f} ms", "median answer latency"),
+        (f"{s['generation']['median_latency_ms']:.0f} ms", f"median generation ({s['steps']} steps)"),
+        (f"{s['wall_s']:.0f} s", "whole demo"),
+    ]
+    kpi = "".join(f"<div><b>{e(v)}</b>{e(label)}</div>" for v, label in kpis)
+    head = "".join(
+        f"<th>{h}</th>" for h in ("frame", "question", "answer", "expected", "frame stamp", "latency")
+    )
+    return (
+        '<!doctype html><html><head><meta charset="utf-8"><title>mobile_o_ros demo</title>'
+        f"<style>{STYLE}</style></head><body><h1>mobile_o_ros demo</h1>"
+        f'<p class="sub">camera topic → ROS 2 node → {e(s["backend"])} engines → answers and images</p>'
+        f'<div class="note"><b>Model:</b> {e(s["model"])}.<br>{e(s["how_to_real"])}</div>'
+        f'<div class="kpi">{kpi}</div>'
+        f"<h2>Questions about live camera frames</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
+        f'<h2>Generated images</h2><div class="grid">{gens}</div>'
+        f'<h2>Edited camera frame</h2><div class="grid">{edits}</div>'
+        f'<p class="meta">Written by <code>mobile-o demo</code> · {e(s["finished"])}</p></body></html>'
+    )
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2330;background:#f6f7fb}
+h1{margin-bottom:.2rem} .sub{color:#5a6275;margin-top:0}
+.note{background:#fff7df;border:1px solid #f0d98a;padding:.8rem 1rem;border-radius:8px}
+table{border-collapse:collapse;width:100%;background:#fff;border-radius:8px;overflow:hidden}
+td,th{padding:.5rem .7rem;word-break:break-word;max-width:320px;text-align:left}
+td,th{border-bottom:1px solid #e6e8ef}
+th{background:#eef0f6} img.thumb{width:120px;border-radius:4px} .grid{display:flex;flex-wrap:wrap;gap:1rem}
+figure{margin:0;background:#fff;border-radius:8px;padding:.6rem;width:240px;box-shadow:0 1px 3px #0001}
+figure img{width:240px;height:240px;object-fit:cover;border-radius:4px} .meta{color:#5a6275;font-size:.85rem}
+.ok{color:#1a8a3a} .bad{color:#c0392b} .kpi{display:flex;gap:1rem;margin:1rem 0}
+.kpi div{background:#fff;padding:.7rem 1rem;border-radius:8px;box-shadow:0 1px 3px #0001}
+.kpi b{display:block;font-size:1.3rem}
+"""
+
+
+# ------------------------------------------------------------------------------------------- main
+def run_demo(out_dir: Path, model: str | None = None, steps: int = 20) -> int:
+    """Run the demo end to end; returns a process exit code."""
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    (out_dir / "images").mkdir(parents=True)
+    export_dir, description = resolve_model(model)
+    print(f"model: {description}\nexport: {export_dir}", flush=True)
+
+    import rclpy
+
+    from mobile_o_ros.client import MobileOClient
+
+    env = dict(
+        os.environ,
+        ROS_DOMAIN_ID=os.environ.get("MOBILE_O_DEMO_DOMAIN", str(random.randint(150, 230))),
+        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+        PYTHONUNBUFFERED="1",
+    )
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    server = _start_server(export_dir, out_dir, env)
+    scenes = make_scenes(NUM_QUESTIONS // 2 + 1)
+    records: dict[str, list[dict[str, Any]]] = {"questions": [], "generations": [], "edits": []}
+    rclpy.init()
+    cam_node = rclpy.create_node("demo_camera")
+    camera = Camera(cam_node, scenes)
+    spinner = rclpy.executors.SingleThreadedExecutor()
+    spinner.add_node(cam_node)
+    spin_thread = threading.Thread(target=spinner.spin, daemon=True)
+    spin_thread.start()
+    client = None
+    try:
+        client = MobileOClient(namespace=NAMESPACE, wait_timeout=120.0)
+        if not client.wait_for_services(timeout=120.0):
+            raise SystemExit(f"mobile-o: error: the node did not come up; see {out_dir / 'server.log'}")
+        asked = 0
+        for i, scene in enumerate(scenes):
+            camera.show(i)
+            time.sleep(0.6)
+            for question, expected in scene.qa[: max(1, NUM_QUESTIONS // len(scenes))]:
+                if asked >= NUM_QUESTIONS:
+                    break
+                resp = client.ask(question, camera=CAMERA_TOPIC, timeout=300)
+                asked += 1
+                shown = camera.scene_of(resp.image_header)
+                frame = _save(
+                    out_dir / "images" / f"frame_{asked}.png", scenes[shown if shown is not None else i].image
+                )
+                answer = resp.answer if resp.success else f"(failed: {resp.message})"
+                truth = scenes[shown].qa if shown is not None else scene.qa
+                expected_now = dict(truth).get(question, expected)
+                records["questions"].append(
+                    {
+                        "question": question,
+                        "answer": answer,
+                        "expected": expected_now,
+                        "correct": resp.success and answer.strip().lower() == expected_now.lower(),
+                        "frame": frame,
+                        "stamp": _stamp(resp.image_header),
+                        "frame_id": resp.image_header.frame_id,
+                        "latency_ms": float(resp.latency_ms),
+                    }
+                )
+        for k, prompt in enumerate(GENERATE_PROMPTS):
+            resp = client.generate(prompt, steps=steps, seed=k, timeout=600)
+            if not resp.success:
+                raise SystemExit(f"mobile-o: error: generation failed: {resp.message}")
+            img = _save(out_dir / "images" / f"generated_{k}.png", client.image_array(resp.image))
+            records["generations"].append(
+                {"prompt": prompt, "image": img, "seed": int(resp.seed), "latency_ms": float(resp.latency_ms)}
+            )
+        camera.show(0)
+        time.sleep(0.6)
+        for k, instruction in enumerate(EDIT_INSTRUCTIONS):
+            resp = client.edit(instruction, camera=CAMERA_TOPIC, steps=steps, seed=k, timeout=600)
+            if not resp.success:
+                raise SystemExit(f"mobile-o: error: edit failed: {resp.message}")
+            shown = camera.scene_of(resp.source_header)
+            src = _save(
+                out_dir / "images" / f"edit_source_{k}.png", scenes[shown if shown is not None else 0].image
+            )
+            img = _save(out_dir / "images" / f"edited_{k}.png", client.image_array(resp.image))
+            records["edits"].append(
+                {
+                    "instruction": instruction,
+                    "image": img,
+                    "source": src,
+                    "seed": int(resp.seed),
+                    "source_stamp": f"frame stamp {_stamp(resp.source_header)}",
+                    "latency_ms": float(resp.latency_ms),
+                }
+            )
+    finally:
+        if client is not None:
+            client.close()
+        spinner.shutdown()
+        cam_node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    q = records["questions"]
+    graded = [r["correct"] for r in q if r.get("expected")]
+    summary = {
+        "model": description,
+        "export_dir": str(export_dir),
+        "backend": "onnxruntime (CPU)",
+        "steps": steps,
+        "how_to_real": "To run real Mobile-O weights: mobile-o export CHECKPOINT EXPORT_DIR, then "
+        "mobile-o demo --model EXPORT_DIR (or ros2 launch mobile_o_ros mobile_o.launch.py "
+        "model_dir:=EXPORT_DIR); "
+        "on a Jetson build TensorRT engines with mobile-o build-engines and use backend:=tensorrt.",
+        "vqa": {
+            "questions": len(q),
+            "accuracy_pct": round(100 * sum(graded) / len(graded), 1) if graded else None,
+            "median_latency_ms": statistics.median(r["latency_ms"] for r in q) if q else 0.0,
+        },
+        "generation": {
+            "images": len(records["generations"]),
+            "median_latency_ms": statistics.median(r["latency_ms"] for r in records["generations"]),
+        },
+        "edit": {
+            "images": len(records["edits"]),
+            "median_latency_ms": statistics.median(r["latency_ms"] for r in records["edits"]),
+        },
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "records": records,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "index.html").write_text(_html(summary, records))
+    print(f"\n{'task':<10} {'n':>3} {'median latency':>15}  result")
+    print(
+        f"{'ask':<10} {len(q):>3} {summary['vqa']['median_latency_ms']:>12.0f} ms  "
+        f"accuracy {summary['vqa']['accuracy_pct']}%"
+    )
+    print(
+        f"{'generate':<10} {len(records['generations']):>3} "
+        f"{summary['generation']['median_latency_ms']:>12.0f} ms"
+    )
+    print(f"{'edit':<10} {len(records['edits']):>3} {summary['edit']['median_latency_ms']:>12.0f} ms")
+    print(f"\nwrote {out_dir / 'index.html'} and {out_dir / 'summary.json'} in {summary['wall_s']:.0f} s")
+    print(f"this was the {description}.\n{summary['how_to_real']}")
+    return 0
