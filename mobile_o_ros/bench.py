@@ -333,7 +333,27 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def run_bench(out_dir: Path, quick: bool = False, components: list[str] | None = None) -> int:
+def _tensorrt_rows(tensorrt_export: Path | None) -> dict[str, Any]:
+    try:
+        import pycuda.driver  # noqa: F401
+        import tensorrt  # noqa: F401
+    except ImportError as err:
+        return {
+            "skipped": f"TensorRT/pycuda not importable here ({err}); run make bench on a Jetson or GPU host"
+        }
+    if tensorrt_export is None:
+        return {"skipped": "give --tensorrt-export EXPORT_DIR (engines built with mobile-o build-engines)"}
+    from mobile_o_ros.trt.bench import run_trt_bench
+
+    return run_trt_bench(Path(tensorrt_export))
+
+
+def run_bench(
+    out_dir: Path,
+    quick: bool = False,
+    components: list[str] | None = None,
+    tensorrt_export: Path | None = None,
+) -> int:
     """Run every component on both engines and write ``bench.json`` and ``bench.png``; returns 0."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -373,6 +393,8 @@ def run_bench(out_dir: Path, quick: bool = False, components: list[str] | None =
             f"{o if o is None else f'{o:10.1f}'} ms   {row.get('error', '')}",
             flush=True,
         )
+    report["tensorrt"] = _tensorrt_rows(tensorrt_export)
+    print(f"tensorrt: {report['tensorrt'].get('skipped', 'measured')}")
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out_dir / "bench.png")
     print(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'}")

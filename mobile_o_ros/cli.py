@@ -354,7 +354,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from mobile_o_ros.bench import run_bench
 
-    return run_bench(Path(args.out), quick=args.quick)
+    return run_bench(
+        Path(args.out),
+        quick=args.quick,
+        components=args.components,
+        tensorrt_export=Path(args.tensorrt_export) if args.tensorrt_export else None,
+    )
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -456,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark components; JSON and PNG under OUT")
     p.add_argument("--out", default="bench_out")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    p.add_argument("--components", nargs="+", default=None, help="only these components")
+    p.add_argument("--tensorrt-export", default=None, help="also measure TensorRT engines of this export")
     p.set_defaults(func=cmd_bench)
     return parser
 
