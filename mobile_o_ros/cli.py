@@ -158,87 +158,47 @@ def _validate_gen_args(args: argparse.Namespace) -> None:
     validation.check_guidance(args.guidance)
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    prompt = validation.check_text(args.prompt, "prompt")
+def _image_task(args: argparse.Namespace, text: str, source=None) -> int:
+    """Shared body of ``generate`` (``source`` None) and ``edit``: run, write the PNG, report."""
     _validate_gen_args(args)
     model_dir = _check_model(args.model)
     seed = _seed(args.seed)
+    options = {"steps": args.steps, "guidance_scale": args.guidance, "seed": seed}
     callback, close = _progress(args.steps, not args.json)
     t0 = time.perf_counter()
     try:
         if _use_runtime(args, model_dir):
-            result = _runtime(model_dir, args.backend).generate(
-                prompt, steps=args.steps, guidance_scale=args.guidance, seed=seed, on_step=callback
+            runtime = _runtime(model_dir, args.backend)
+            result = (
+                runtime.generate(text, on_step=callback, **options)
+                if source is None
+                else runtime.edit(source, text, on_step=callback, **options)
             )
             image = result.image
         else:
             pipe = _reference_pipeline(model_dir, args.dtype)
-            image = pipe.generate(
-                prompt, steps=args.steps, guidance_scale=args.guidance, seed=seed, callback=callback
+            image = (
+                pipe.generate(text, callback=callback, **options)
+                if source is None
+                else pipe.edit(source, text, callback=callback, **options)
             )
     finally:
         close()
     _write_image(args.output, image)
     latency = (time.perf_counter() - t0) * 1000
-    _emit(
-        {
-            "output": args.output,
-            "seed": seed,
-            "steps": args.steps,
-            "guidance_scale": args.guidance,
-            "latency_ms": round(latency, 1),
-        },
-        args.json,
-        f"wrote {args.output} (seed {seed}, {latency:.0f} ms)",
-    )
+    report = {"output": args.output, **options, "latency_ms": round(latency, 1)}
+    _emit(report, args.json, f"wrote {args.output} (seed {seed}, {latency:.0f} ms)")
     return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    return _image_task(args, validation.check_text(args.prompt, "prompt"))
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
     instruction = validation.check_text(args.instruction, "instruction")
     _validate_gen_args(args)
-    image = _read_image(args.image)
-    model_dir = _check_model(args.model)
-    seed = _seed(args.seed)
-    callback, close = _progress(args.steps, not args.json)
-    t0 = time.perf_counter()
-    try:
-        if _use_runtime(args, model_dir):
-            result = _runtime(model_dir, args.backend).edit(
-                image,
-                instruction,
-                steps=args.steps,
-                guidance_scale=args.guidance,
-                seed=seed,
-                on_step=callback,
-            )
-            out = result.image
-        else:
-            pipe = _reference_pipeline(model_dir, args.dtype)
-            out = pipe.edit(
-                image,
-                instruction,
-                steps=args.steps,
-                guidance_scale=args.guidance,
-                seed=seed,
-                callback=callback,
-            )
-    finally:
-        close()
-    _write_image(args.output, out)
-    latency = (time.perf_counter() - t0) * 1000
-    _emit(
-        {
-            "output": args.output,
-            "seed": seed,
-            "steps": args.steps,
-            "guidance_scale": args.guidance,
-            "latency_ms": round(latency, 1),
-        },
-        args.json,
-        f"wrote {args.output} (seed {seed}, {latency:.0f} ms)",
-    )
-    return 0
+    return _image_task(args, instruction, source=_read_image(args.image))
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
