@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any
 
 #: Preset names accepted by ``--config``.
-PRESETS = ("real-0.5b", "real-1.5b", "tiny")
+PRESETS = ("real-0.5b", "real-1.5b", "tiny", "shapes")
 
 #: The block our tiny checkpoints add to config.json to describe non-standard part sizes.
 EXTENSION_KEY = "mobile_o_ros"
@@ -151,6 +151,47 @@ def _tiny_vae() -> dict[str, Any]:
     return vae
 
 
+def _shapes_llm(vocab_size: int) -> dict[str, Any]:
+    llm = _tiny_llm(vocab_size)
+    llm.update(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=384)
+    return llm
+
+
+def _shapes_vision() -> dict[str, Any]:
+    return {
+        "layers": [1, 1, 1, 1, 1],
+        "embed_dims": [8, 16, 32, 64, 64],
+        "mlp_ratios": [3.0, 3.0, 3.0, 3.0, 3.0],
+        "token_mixers": ["repmixer", "repmixer", "repmixer", "attention", "attention"],
+        "pos_embs": [None, None, None, "rcpe", "rcpe"],
+        "cls_ratio": 2.0,
+        "image_size": 1024,
+        "head_dim": 32,
+        "head_proj_dim": 32,
+    }
+
+
+def _shapes_dit() -> dict[str, Any]:
+    dit = _tiny_dit()
+    dit.update(attention_head_dim=32, num_attention_heads=4, cross_attention_head_dim=32,
+               num_cross_attention_heads=4, cross_attention_dim=128, caption_channels=256, num_layers=6,
+               interpolation_scale=1.0)  # 2D sin-cos positions (a buffer, no weights): see shapes/train.py
+    return dit
+
+
+def _shapes_vae() -> dict[str, Any]:
+    vae = _tiny_vae()
+    vae.update(
+        attention_head_dim=8,
+        decoder_block_out_channels=[16, 16, 32, 64, 64, 128],
+        encoder_block_out_channels=[16, 16, 32, 64, 64, 128],
+        decoder_layers_per_block=[0, 1, 1, 1, 1, 1],
+        encoder_layers_per_block=[0, 1, 1, 1, 1, 1],
+    )
+    return vae
+
+
 def _scheduler() -> dict[str, Any]:
     return load_json_config("scheduler_config.json")
 
@@ -168,7 +209,11 @@ def _vae() -> dict[str, Any]:
 
 
 def preset(name: str, vocab_size: int | None = None) -> MobileOConfig:
-    """Build a named configuration: ``real-0.5b``, ``real-1.5b`` or ``tiny``.
+    """Build a named configuration: ``real-0.5b``, ``real-1.5b``, ``tiny`` or ``shapes``.
+
+    ``shapes`` is the embedded demo model (:mod:`mobile_o_ros.shapes`): the real module types and
+    resolutions (1024 px in, 256 image tokens, 32×16×16 latents, 512 px out), narrow and shallow enough to
+    train on a CPU; its VAE ``scaling_factor`` is re-measured by training.
 
     ``vocab_size`` overrides the LLM's row count (the checkpoint's embedding rows are authoritative).
     """
@@ -207,6 +252,12 @@ def preset(name: str, vocab_size: int | None = None) -> MobileOConfig:
             vae=_tiny_vae(),
             scheduler=_scheduler(),
             defaults=Defaults(max_new_tokens=16),
+        )
+    elif name == "shapes":
+        cfg = MobileOConfig(
+            name=name, llm=_shapes_llm(vocab_size or 1024), vision=_shapes_vision(), mm_hidden_size=128,
+            mcp=MCPConfig(input_dim=128, hidden_dim=128, output_dim=256), dit=_shapes_dit(), vae=_shapes_vae(),
+            scheduler=_scheduler(), defaults=Defaults(max_new_tokens=8),
         )
     else:
         raise ValueError(f"unknown config {name!r}; choose one of {', '.join(PRESETS)}")

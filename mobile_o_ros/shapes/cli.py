@@ -1,0 +1,87 @@
+"""``mobile-o train-demo`` and ``mobile-o selftest``: the verbs of the embedded shapes model.
+
+:func:`add_parsers` registers both on the main parser's subparsers; heavy imports happen inside the verbs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _error(message: str) -> int:
+    print(f"mobile-o: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_train_demo(args: argparse.Namespace) -> int:
+    """Train the shapes model from a seed into OUT_DIR."""
+    from mobile_o_ros.shapes.train import train_demo
+
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        return _error(f"not a folder: {out}")
+    report = train_demo(out, seed=args.seed, quick=args.quick, threads=args.threads,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, s in report["stages"].items():
+            print(f"{name:<12} {s['steps']:>5} steps {s['seconds']:>7.1f} s  loss {s['loss_first']:.4f} -> "
+                  f"{s['loss_last']:.4f}")
+        print(f"total {report['total_seconds']:.0f} s; checkpoint in {out}")
+    return 0
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """Score a model (default: the embedded one) on held-out shapes-world tasks."""
+    from mobile_o_ros.shapes import selftest
+
+    limits = None
+    if args.limit is not None:
+        if args.limit < 1:
+            return _error("--limit must be at least 1")
+        limits = {"vqa": args.limit, "generation": args.limit, "editing": max(1, args.limit // 3)}
+    tasks = tuple(args.tasks.split(",")) if args.tasks else ("vqa", "generation", "editing")
+    unknown = [t for t in tasks if t not in ("vqa", "generation", "editing")]
+    if unknown:
+        return _error(f"unknown task(s) {', '.join(unknown)} (vqa, generation, editing)")
+    progress = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        engine = selftest.load_engine(args.model, args.backend, steps=args.steps, guidance=args.guidance,
+                                      progress=progress)
+    except (FileNotFoundError, ValueError) as err:
+        return _error(str(err))
+    save = Path(args.save_images) if args.save_images else None
+    result = selftest.run_selftest(engine, limits, tasks, progress, save)
+    result["model"] = str(args.model) if args.model else "embedded"
+    print(json.dumps(result, indent=2) if args.json else selftest.format_report(result))
+    if args.strict and not all(result["meets_targets"].values()):
+        return 1
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train-demo`` and ``selftest`` on the ``mobile-o`` subparsers."""
+    p = subparsers.add_parser("train-demo", help="train the embedded shapes model from a seed (CPU)")
+    p.add_argument("out_dir", help="checkpoint folder to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print the training report as JSON")
+    p.set_defaults(func=cmd_train_demo)
+
+    p = subparsers.add_parser("selftest", help="score a model on held-out shapes-world VQA, generation, editing")
+    p.add_argument("model", nargs="?", default=None, help="checkpoint or export folder (default: embedded model)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch")
+    p.add_argument("--limit", type=int, default=None,
+                   help="items: VQA questions per category and captions = N, edits per kind = N/3")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of vqa,generation,editing")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance", type=float, default=1.5, help="CFG scale (default 1.5)")
+    p.add_argument("--save-images", default=None, help="write a few generated/edited images here")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a score is below its target")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_selftest)
