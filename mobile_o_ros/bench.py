@@ -88,11 +88,6 @@ def _inputs(ns, component: str) -> dict[str, Any]:
     }
 
 
-def _decode_mask(positions: np.ndarray, capacity: int) -> np.ndarray:
-    visible = np.arange(capacity)[None, :] <= positions[:, None]
-    return np.where(visible, 0.0, -30000.0).astype(np.float32)[None, None]
-
-
 def run_torch(config: str, component: str, quick: bool) -> dict[str, Any]:
     """Time one component in torch eager (the reference modules, fp32, inference mode)."""
     import torch
@@ -183,6 +178,7 @@ def run_onnxruntime(onnx_dir: Path, config: str, component: str, quick: bool) ->
     import onnxruntime as ort
 
     from mobile_o_ros.model_config import preset
+    from mobile_o_ros.runtime.engine import decode_mask
     from mobile_o_ros.runtime.scheduler import FlowDPMSolverScheduler
 
     opts = ort.SessionOptions()
@@ -205,7 +201,7 @@ def run_onnxruntime(onnx_dir: Path, config: str, component: str, quick: bool) ->
         prefill = {
             "inputs_embeds": x["prefill"],
             "position_ids": pos[None],
-            "attention_mask": _decode_mask(pos, cap),
+            "attention_mask": decode_mask(pos, cap),
             "kv_cache": np.zeros(x["kv_shape"], np.float32),
         }
         if component == "llm_prefill":
@@ -216,7 +212,7 @@ def run_onnxruntime(onnx_dir: Path, config: str, component: str, quick: bool) ->
             step = {
                 "inputs_embeds": x["prefill"][:, :1],
                 "position_ids": last[None],
-                "attention_mask": _decode_mask(last, cap),
+                "attention_mask": decode_mask(last, cap),
                 "kv_cache": cache,
             }
             fn = lambda: run("llm_decode", step)

@@ -153,8 +153,13 @@ def _tiny_vae() -> dict[str, Any]:
 
 def _shapes_llm(vocab_size: int) -> dict[str, Any]:
     llm = _tiny_llm(vocab_size)
-    llm.update(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-               intermediate_size=384)
+    llm.update(
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=384,
+    )
     return llm
 
 
@@ -174,9 +179,16 @@ def _shapes_vision() -> dict[str, Any]:
 
 def _shapes_dit() -> dict[str, Any]:
     dit = _tiny_dit()
-    dit.update(attention_head_dim=32, num_attention_heads=4, cross_attention_head_dim=32,
-               num_cross_attention_heads=4, cross_attention_dim=128, caption_channels=256, num_layers=6,
-               interpolation_scale=1.0)  # 2D sin-cos positions (a buffer, no weights): see shapes/train.py
+    dit.update(
+        attention_head_dim=32,
+        num_attention_heads=4,
+        cross_attention_head_dim=32,
+        num_cross_attention_heads=4,
+        cross_attention_dim=128,
+        caption_channels=256,
+        num_layers=6,
+        interpolation_scale=1.0,
+    )  # 2D sin-cos positions (a buffer, no weights): see shapes/train.py
     return dit
 
 
@@ -255,9 +267,15 @@ def preset(name: str, vocab_size: int | None = None) -> MobileOConfig:
         )
     elif name == "shapes":
         cfg = MobileOConfig(
-            name=name, llm=_shapes_llm(vocab_size or 1024), vision=_shapes_vision(), mm_hidden_size=128,
-            mcp=MCPConfig(input_dim=128, hidden_dim=128, output_dim=256), dit=_shapes_dit(), vae=_shapes_vae(),
-            scheduler=_scheduler(), defaults=Defaults(max_new_tokens=8),
+            name=name,
+            llm=_shapes_llm(vocab_size or 1024),
+            vision=_shapes_vision(),
+            mm_hidden_size=128,
+            mcp=MCPConfig(input_dim=128, hidden_dim=128, output_dim=256),
+            dit=_shapes_dit(),
+            vae=_shapes_vae(),
+            scheduler=_scheduler(),
+            defaults=Defaults(max_new_tokens=8),
         )
     else:
         raise ValueError(f"unknown config {name!r}; choose one of {', '.join(PRESETS)}")

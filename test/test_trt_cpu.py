@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from mobile_o_ros.runtime.backend import BackendError
+from mobile_o_ros.runtime.engine import decode_mask
 from mobile_o_ros.runtime.manifest import load_manifest
 from mobile_o_ros.trt import builder, cache, precision, profiles
 from mobile_o_ros.trt.cache import EngineCacheError, Environment
@@ -698,7 +699,7 @@ def _feeds(tiny_runtime) -> dict[str, dict[str, np.ndarray]]:
         "vision": {"images": rng.random((1, 3, 1024, 1024), dtype=np.float32)},
         "llm_hidden": {"inputs_embeds": embeds},
         "llm_decode": {"inputs_embeds": embeds, "position_ids": pos[None],
-                       "attention_mask": tiny_runtime._decode_mask(pos, cap), "kv_cache": cache_in},
+                       "attention_mask": decode_mask(pos, cap), "kv_cache": cache_in},
         "mcp": {"hidden_states": rng.standard_normal((2, 4, n, d)).astype(np.float32)},
         "dit": {"latents": rng.standard_normal((2, 32, 16, 16)).astype(np.float32),
                 "timestep": np.array([500.0, 500.0], np.float32), "encoder_hidden_states": cond,
@@ -726,7 +727,7 @@ def test_backend_with_the_stand_in_matches_onnxruntime(
     first = backend.run("llm_decode", step)
     pos = np.array([23], np.int64)
     token = {"inputs_embeds": step["inputs_embeds"][:, :1], "position_ids": pos[None],
-             "attention_mask": tiny_runtime._decode_mask(pos, 64), "kv_cache": first["kv_cache_out"]}
+             "attention_mask": decode_mask(pos, 64), "kv_cache": first["kv_cache_out"]}
     np.testing.assert_allclose(backend.run("llm_decode", token)["logits"],
                                tiny_runtime.backend.run("llm_decode", token)["logits"], rtol=1e-5, atol=1e-5)
     info = backend.describe()

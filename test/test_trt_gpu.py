@@ -17,6 +17,7 @@ import pytest
 
 from mobile_o_ros import prompts
 from mobile_o_ros.runtime.backend import BackendError
+from mobile_o_ros.runtime.engine import decode_mask
 from mobile_o_ros.trt import builder, cache
 
 pytestmark = pytest.mark.gpu
@@ -105,7 +106,7 @@ def _graph_feeds(rt) -> dict[str, dict[str, np.ndarray]]:
         "vision": {"images": rng.random((1, 3, rt.image_size, rt.image_size), dtype=np.float32)},
         "llm_hidden": {"inputs_embeds": embeds[None]},
         "llm_decode": {"inputs_embeds": embeds[None], "position_ids": pos[None],
-                       "attention_mask": rt._decode_mask(pos, cap),
+                       "attention_mask": decode_mask(pos, cap),
                        "kv_cache": np.zeros(kv_shape, np.float32)},
         "mcp": {"hidden_states": cfg},
         "dit": {"latents": rng.standard_normal((2, *rt.latent_shape)).astype(np.float32),
@@ -209,7 +210,7 @@ def _next_logits(rt, image: np.ndarray, question: str, prefix: list[int]) -> np.
     pos = np.arange(n, dtype=np.int64)
     cache_in = np.zeros((m["num_layers"], 2, 1, m["num_key_value_heads"], cap, m["head_dim"]), np.float32)
     return rt.backend.run("llm_decode", {"inputs_embeds": embeds[None], "position_ids": pos[None],
-                                         "attention_mask": rt._decode_mask(pos, cap), "kv_cache": cache_in})[
+                                         "attention_mask": decode_mask(pos, cap), "kv_cache": cache_in})[
         "logits"][0]
 
 

@@ -14,7 +14,7 @@ from mobile_o_ros.export import graphs
 from mobile_o_ros.reference.checkpoint import LoadedCheckpoint
 from mobile_o_ros.reference.pipelines import ReferencePipeline, tokenizer_image_token
 from mobile_o_ros.reference.preprocess import reference_preprocess
-from mobile_o_ros.runtime.engine import MobileORuntime
+from mobile_o_ros.runtime.engine import MobileORuntime, decode_mask
 
 COSINE_THRESHOLD = 0.99999
 PSNR_THRESHOLD_DB = 40.0
@@ -58,6 +58,36 @@ def _t2n(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
+def decode_parity(
+    llm, run, embeds: torch.Tensor, n_layers: int, kv_heads: int, head_dim: int
+) -> dict[str, Any]:
+    """``llm_decode`` against transformers' logits: a prefill of L−1 tokens, then one cached decode step."""
+    n = embeds.shape[1]
+    logits = llm(inputs_embeds=embeds).logits[0]
+    cap = n + 8
+    cache = np.zeros((n_layers, 2, 1, kv_heads, cap, head_dim), np.float32)
+    pos = np.arange(n - 1, dtype=np.int64)
+    feeds = {
+        "inputs_embeds": _t2n(embeds[:, :-1]),
+        "position_ids": pos[None],
+        "attention_mask": decode_mask(pos, cap, graphs.MASK_VALUE),
+        "kv_cache": cache,
+    }
+    out = run("llm_decode", feeds)
+    last = np.array([n - 1], dtype=np.int64)
+    feeds = {
+        "inputs_embeds": _t2n(embeds[:, -1:]),
+        "position_ids": last[None],
+        "attention_mask": decode_mask(last, cap, graphs.MASK_VALUE),
+        "kv_cache": out["kv_cache_out"],
+    }
+    out2 = run("llm_decode", feeds)
+    return {
+        "logits_prefill": compare(_t2n(logits[n - 2]), out["logits"][0]),
+        "logits_decode_step": compare(_t2n(logits[n - 1]), out2["logits"][0]),
+    }
+
+
 @torch.inference_mode()
 def graph_parity(
     loaded: LoadedCheckpoint, runtime: MobileORuntime, seed: int = 0
@@ -81,36 +111,10 @@ def graph_parity(
         "mcp_inputs": compare(_t2n(stacked), run("llm_hidden", {"inputs_embeds": _t2n(embeds)})["mcp_inputs"])
     }
 
-    logits_ref = model.llm(inputs_embeds=embeds).logits[0]
-    n = embeds.shape[1]
     m = runtime.model_info
-    cap = n + 8
-    cache = np.zeros((m["num_layers"], 2, 1, m["num_key_value_heads"], cap, m["head_dim"]), np.float32)
-    pos = np.arange(n - 1, dtype=np.int64)
-    out = run(
-        "llm_decode",
-        {
-            "inputs_embeds": _t2n(embeds[:, :-1]),
-            "position_ids": pos[None],
-            "attention_mask": runtime._decode_mask(pos, cap),
-            "kv_cache": cache,
-        },
+    results["llm_decode"] = decode_parity(
+        model.llm, run, embeds, m["num_layers"], m["num_key_value_heads"], m["head_dim"]
     )
-    prefill = compare(_t2n(logits_ref[n - 2]), out["logits"][0])
-    last = np.array([n - 1], dtype=np.int64)
-    out2 = run(
-        "llm_decode",
-        {
-            "inputs_embeds": _t2n(embeds[:, -1:]),
-            "position_ids": last[None],
-            "attention_mask": runtime._decode_mask(last, cap),
-            "kv_cache": out["kv_cache_out"],
-        },
-    )
-    results["llm_decode"] = {
-        "logits_prefill": prefill,
-        "logits_decode_step": compare(_t2n(logits_ref[n - 1]), out2["logits"][0]),
-    }
 
     cfg_batch = torch.cat([torch.zeros_like(stacked), stacked], dim=0)
     cond = model.mcp(cfg_batch)
@@ -247,37 +251,16 @@ def _compare_graph(name: str, parts, backend) -> dict[str, Any]:
             hs = parts.llm.model(inputs_embeds=embeds, output_hidden_states=True).hidden_states[-4:]
             out = run("llm_hidden", {"inputs_embeds": _t2n(embeds)})["mcp_inputs"]
             return {"mcp_inputs": compare(_t2n(torch.stack(list(hs), dim=1)), out)}
-        logits = parts.llm(inputs_embeds=embeds).logits[0]
         m = cfg.llm
-        cap = 320
-        head_dim = cfg.hidden_size // int(m["num_attention_heads"])
-        cache = np.zeros(
-            (int(m["num_hidden_layers"]), 2, 1, int(m["num_key_value_heads"]), cap, head_dim), np.float32
+        heads = int(m["num_attention_heads"])
+        return decode_parity(
+            parts.llm,
+            run,
+            embeds,
+            int(m["num_hidden_layers"]),
+            int(m["num_key_value_heads"]),
+            cfg.hidden_size // heads,
         )
-        pos = np.arange(length - 1, dtype=np.int64)
-        out = run(
-            "llm_decode",
-            {
-                "inputs_embeds": _t2n(embeds[:, :-1]),
-                "position_ids": pos[None],
-                "attention_mask": _mask(pos, cap),
-                "kv_cache": cache,
-            },
-        )
-        last = np.array([length - 1], dtype=np.int64)
-        out2 = run(
-            "llm_decode",
-            {
-                "inputs_embeds": _t2n(embeds[:, -1:]),
-                "position_ids": last[None],
-                "attention_mask": _mask(last, cap),
-                "kv_cache": out["kv_cache_out"],
-            },
-        )
-        return {
-            "logits_prefill": compare(_t2n(logits[length - 2]), out["logits"][0]),
-            "logits_decode_step": compare(_t2n(logits[length - 1]), out2["logits"][0]),
-        }
     if name == "mcp":
         x = torch.randn(2, cfg.mcp.num_layers, 77, cfg.hidden_size, generator=gen)
         x[0] = 0  # the CFG batch: all-zero hidden states first
@@ -313,8 +296,3 @@ def _compare_graph(name: str, parts, backend) -> dict[str, Any]:
             _t2n(parts.vae.decode(lat).sample), run("vae_decoder", {"latents": _t2n(lat)})["image"]
         )
     }
-
-
-def _mask(positions: np.ndarray, capacity: int) -> np.ndarray:
-    visible = np.arange(capacity)[None, :] <= positions[:, None]
-    return np.where(visible, 0.0, graphs.MASK_VALUE).astype(np.float32)[None, None]

@@ -56,6 +56,12 @@ def postprocess(image: np.ndarray) -> np.ndarray:
     return np.round(x * 255).astype(np.uint8)
 
 
+def decode_mask(positions: np.ndarray, capacity: int, mask_value: float = -30000.0) -> np.ndarray:
+    """Additive mask [1, 1, T, C] for ``llm_decode``: query at absolute position p sees cache slots ≤ p."""
+    visible = np.arange(capacity)[None, :] <= positions[:, None]
+    return np.where(visible, 0.0, mask_value).astype(np.float32)[None, None]
+
+
 def make_backend(export_dir: Path, manifest: dict[str, Any], backend: str, **options: Any) -> Backend:
     """Instantiate a backend by name: ``onnxruntime`` or ``tensorrt`` (imported lazily)."""
     if backend == "onnxruntime":
@@ -244,11 +250,6 @@ class MobileORuntime:
             should_cancel,
         )
 
-    def _decode_mask(self, positions: np.ndarray, capacity: int) -> np.ndarray:
-        visible = np.arange(capacity)[None, :] <= positions[:, None]
-        mask = np.where(visible, 0.0, self.model_info["mask_value"]).astype(np.float32)
-        return mask[None, None]
-
     def ask(
         self,
         image: np.ndarray | None,
@@ -291,7 +292,7 @@ class MobileORuntime:
                 {
                     "inputs_embeds": step_embeds[None].astype(np.float32),
                     "position_ids": positions[None],
-                    "attention_mask": self._decode_mask(positions, capacity),
+                    "attention_mask": decode_mask(positions, capacity, self.model_info["mask_value"]),
                     "kv_cache": cache,
                 },
             )
