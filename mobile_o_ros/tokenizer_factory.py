@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -135,11 +136,14 @@ def _token_json(content: str) -> dict[str, object]:
     }
 
 
-def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 1000, seed: int = 0) -> int:
+def build_tiny_tokenizer(
+    out_dir: str | Path, vocab_size: int = 1000, seed: int = 0, extra_corpus: Sequence[str] = ()
+) -> int:
     """Train a small byte-level BPE (Qwen2 layout) into ``out_dir``; returns ``len(tokenizer)``.
 
-    ``vocab_size`` is the BPE vocabulary size before the six special tokens. Training is deterministic for
-    a given ``(vocab_size, seed)``.
+    ``vocab_size`` is the BPE vocabulary size before the six special tokens. ``extra_corpus`` adds text
+    (e.g. a domain's captions and questions, so that its words become single tokens). Training is
+    deterministic for a given ``(vocab_size, seed, extra_corpus)``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +155,7 @@ def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 1000, seed: int 
         special_tokens=[],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    tok.train_from_iterator([*_corpus(seed), *extra_corpus], trainer=trainer)
     bpe_size = tok.get_vocab_size(with_added_tokens=False)
     tok.add_special_tokens([_special(t) for t in SPECIAL_TOKENS])
     tok.save(str(out / "tokenizer.json"))
