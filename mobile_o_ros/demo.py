@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,13 +93,28 @@ def resolve_model(model: str | None) -> tuple[Path, str]:
 
 
 # ------------------------------------------------------------------------------------------- scenes
+#: A checker of an output image: (right?, what was seen), e.g. the shapes-world detector.
+Check = Callable[[np.ndarray], tuple[bool, str]]
+
+
 @dataclass
 class Scene:
-    """A synthetic camera frame with questions whose answers are known."""
+    """A synthetic camera frame with questions whose answers are known (and, optionally, an edit
+    instruction that applies to it with a checker of the edited image)."""
 
     image: np.ndarray
     caption: str
     qa: list[tuple[str, str]] = field(default_factory=list)
+    edit: str | None = None
+    edit_check: Check | None = None
+
+
+@dataclass
+class Prompt:
+    """A generation prompt, optionally with a checker of the generated image."""
+
+    text: str
+    check: Check | None = None
 
 
 _COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
@@ -130,6 +146,35 @@ def make_scenes(n: int, seed: int = 0) -> list[Scene]:
     except ImportError:
         rng = random.Random(seed)
         return [_fallback_scene(rng) for _ in range(n)]
+
+
+def make_prompts(n: int) -> list[Prompt]:
+    """Captions of held-out shapes-world scenes (checked by the detector) when available, else fixed ones."""
+    try:
+        from mobile_o_ros.shapes.demo_scenes import demo_prompts
+
+        return demo_prompts(n)
+    except ImportError:
+        return [Prompt(p) for p in GENERATE_PROMPTS[:n]]
+
+
+def _checked(check: Check | None, image: np.ndarray) -> dict[str, Any]:
+    if check is None:
+        return {}
+    ok, seen = check(image)
+    return {"check": {"correct": bool(ok), "seen": seen}}
+
+
+def _check_line(r: dict[str, Any]) -> list[str]:
+    c = r.get("check")
+    if not c:
+        return []
+    return [f"detector: {'✓ as asked' if c['correct'] else '✗ not as asked'} ({c['seen']})"]
+
+
+def _count_checks(rows: list[dict[str, Any]]) -> str | None:
+    checked = [r["check"]["correct"] for r in rows if r.get("check")]
+    return f"{sum(checked)}/{len(checked)}" if checked else None
 
 
 # ------------------------------------------------------------------------------------------- ROS side
@@ -225,12 +270,14 @@ def _html(summary: dict[str, Any], records: dict[str, list[dict[str, Any]]]) -> 
             f"<td>{e(r['stamp'])}</td><td>{r['latency_ms']:.0f} ms</td></tr>"
         )
     gens = "".join(
-        card(r["image"], r["prompt"], [f"seed {r['seed']}", f"{r['latency_ms']:.0f} ms"])
+        card(r["image"], r["prompt"], [f"seed {r['seed']}", f"{r['latency_ms']:.0f} ms", *_check_line(r)])
         for r in records["generations"]
     )
     edits = "".join(
         card(r["source"], "camera frame", [r["source_stamp"]])
-        + card(r["image"], r["instruction"], [f"seed {r['seed']}", f"{r['latency_ms']:.0f} ms"])
+        + card(
+            r["image"], r["instruction"], [f"seed {r['seed']}", f"{r['latency_ms']:.0f} ms", *_check_line(r)]
+        )
         for r in records["edits"]
     )
     s = summary
@@ -338,17 +385,25 @@ def run_demo(out_dir: Path, model: str | None = None, steps: int = 20) -> int:
                         "latency_ms": float(resp.latency_ms),
                     }
                 )
-        for k, prompt in enumerate(GENERATE_PROMPTS):
-            resp = client.generate(prompt, steps=steps, seed=k, timeout=600)
+        for k, prompt in enumerate(make_prompts(len(GENERATE_PROMPTS))):
+            resp = client.generate(prompt.text, steps=steps, seed=k, timeout=600)
             if not resp.success:
                 raise SystemExit(f"mobile-o: error: generation failed: {resp.message}")
-            img = _save(out_dir / "images" / f"generated_{k}.png", client.image_array(resp.image))
+            rgb = client.image_array(resp.image)
+            img = _save(out_dir / "images" / f"generated_{k}.png", rgb)
             records["generations"].append(
-                {"prompt": prompt, "image": img, "seed": int(resp.seed), "latency_ms": float(resp.latency_ms)}
+                {
+                    "prompt": prompt.text,
+                    "image": img,
+                    "seed": int(resp.seed),
+                    "latency_ms": float(resp.latency_ms),
+                    **_checked(prompt.check, rgb),
+                }
             )
         camera.show(0)
         time.sleep(0.6)
-        for k, instruction in enumerate(EDIT_INSTRUCTIONS):
+        instructions = [scenes[0].edit] if scenes[0].edit else list(EDIT_INSTRUCTIONS)
+        for k, instruction in enumerate(instructions):
             resp = client.edit(instruction, camera=CAMERA_TOPIC, steps=steps, seed=k, timeout=600)
             if not resp.success:
                 raise SystemExit(f"mobile-o: error: edit failed: {resp.message}")
@@ -356,7 +411,8 @@ def run_demo(out_dir: Path, model: str | None = None, steps: int = 20) -> int:
             src = _save(
                 out_dir / "images" / f"edit_source_{k}.png", scenes[shown if shown is not None else 0].image
             )
-            img = _save(out_dir / "images" / f"edited_{k}.png", client.image_array(resp.image))
+            rgb = client.image_array(resp.image)
+            img = _save(out_dir / "images" / f"edited_{k}.png", rgb)
             records["edits"].append(
                 {
                     "instruction": instruction,
@@ -365,6 +421,7 @@ def run_demo(out_dir: Path, model: str | None = None, steps: int = 20) -> int:
                     "seed": int(resp.seed),
                     "source_stamp": f"frame stamp {_stamp(resp.source_header)}",
                     "latency_ms": float(resp.latency_ms),
+                    **_checked(scenes[0].edit_check if shown == 0 else None, rgb),
                 }
             )
     finally:
@@ -398,10 +455,12 @@ def run_demo(out_dir: Path, model: str | None = None, steps: int = 20) -> int:
         },
         "generation": {
             "images": len(records["generations"]),
+            "detector_correct": _count_checks(records["generations"]),
             "median_latency_ms": statistics.median(r["latency_ms"] for r in records["generations"]),
         },
         "edit": {
             "images": len(records["edits"]),
+            "detector_correct": _count_checks(records["edits"]),
             "median_latency_ms": statistics.median(r["latency_ms"] for r in records["edits"]),
         },
         "wall_s": round(time.perf_counter() - t_start, 1),
@@ -415,11 +474,13 @@ def run_demo(out_dir: Path, model: str | None = None, steps: int = 20) -> int:
         f"{'ask':<10} {len(q):>3} {summary['vqa']['median_latency_ms']:>12.0f} ms  "
         f"accuracy {summary['vqa']['accuracy_pct']}%"
     )
-    print(
-        f"{'generate':<10} {len(records['generations']):>3} "
-        f"{summary['generation']['median_latency_ms']:>12.0f} ms"
-    )
-    print(f"{'edit':<10} {len(records['edits']):>3} {summary['edit']['median_latency_ms']:>12.0f} ms")
+    tasks = (("generate", "generation", records["generations"]), ("edit", "edit", records["edits"]))
+    for name, key, rows in tasks:
+        checked = summary[key]["detector_correct"]
+        print(
+            f"{name:<10} {len(rows):>3} {summary[key]['median_latency_ms']:>12.0f} ms"
+            + (f"  detector: {checked} as asked" if checked else "")
+        )
     print(f"\nwrote {out_dir / 'index.html'} and {out_dir / 'summary.json'} in {summary['wall_s']:.0f} s")
     print(f"this was the {description}.\n{summary['how_to_real']}")
     return 0
