@@ -40,7 +40,11 @@ STEP_FB = {"step": "uint32", "total": "uint32"}
 
 MSGS = {"SceneAnswer": {"header": H, "camera": "string", "question": "string", "answer": "string",
                         "latency_ms": "float"}}
-SRVS = {"AskScene": (ASK_REQ, ASK_RESP), "GenerateImage": (GEN_REQ, GEN_RESP), "EditImage": (EDIT_REQ, EDIT_RESP)}
+SRVS = {
+    "AskScene": (ASK_REQ, ASK_RESP),
+    "GenerateImage": (GEN_REQ, GEN_RESP),
+    "EditImage": (EDIT_REQ, EDIT_RESP),
+}
 ACTIONS = {
     "AskScene": (ASK_REQ, ASK_RESP, {"text": "string", "num_tokens": "uint32"}),
     "GenerateImage": (GEN_REQ, GEN_RESP, STEP_FB),
@@ -60,7 +64,8 @@ def _check_type(cls, expected: dict[str, str]) -> None:
             assert value == DEFAULTS[typ] and type(value) is type(DEFAULTS[typ]), (cls, name, value)
         else:
             pkg, _, msg = typ.partition("/")
-            assert type(value).__name__ == msg and type(value).__module__.startswith(pkg + ".msg"), (cls, name)
+            assert type(value).__name__ == msg, (cls, name)
+            assert type(value).__module__.startswith(pkg + ".msg"), (cls, name)
 
 
 @needs_env
@@ -130,7 +135,7 @@ def test_mobile_o_ros_comes_from_the_colcon_install() -> None:
     install_pkg = REPO / "install" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
         "site-packages" / "mobile_o_ros"
     assert Path(mobile_o_ros.__file__).parent == install_pkg, mobile_o_ros.__path__
-    assert (install_pkg / "msg").is_dir() and (install_pkg / "srv").is_dir() and (install_pkg / "action").is_dir()
+    assert all((install_pkg / d).is_dir() for d in ("msg", "srv", "action"))
     # --symlink-install: the Python sources are links to the repo, so edits need no rebuild.
     assert (install_pkg / "__init__.py").resolve() == REPO / "mobile_o_ros" / "__init__.py"
 
@@ -298,7 +303,9 @@ def test_package_xml_declares_the_package() -> None:
 def test_cmake_generates_every_interface_file() -> None:
     cmake = (REPO / "CMakeLists.txt").read_text()
     listed = set(re.findall(r'"((?:msg|srv|action)/\w+\.(?:msg|srv|action))"', cmake))
-    on_disk = {p.relative_to(REPO).as_posix() for d in ("msg", "srv", "action") for p in (REPO / d).glob("*.*")}
+    on_disk = {
+        p.relative_to(REPO).as_posix() for d in ("msg", "srv", "action") for p in (REPO / d).glob("*.*")
+    }
     assert listed == on_disk
     assert re.search(r"ament_python_install_package\s*\(\s*\$\{PROJECT_NAME\}", cmake) is None
 
@@ -306,7 +313,8 @@ def test_cmake_generates_every_interface_file() -> None:
 def test_python_deps_of_package_xml_are_pinned() -> None:
     """Every ROS package named in package.xml comes from a pinned wheel in requirements/ros.txt."""
     root = ET.parse(REPO / "package.xml").getroot()
-    names = {e.text.strip() for tag in ("buildtool_depend", "depend", "exec_depend") for e in root.findall(tag)}
+    tags = ("buildtool_depend", "depend", "exec_depend")
+    names = {e.text.strip() for tag in tags for e in root.findall(tag)}
     pins = dict(
         line.split("==", 1)
         for line in (REPO / "requirements" / "ros.txt").read_text().splitlines()
@@ -318,4 +326,5 @@ def test_python_deps_of_package_xml_are_pinned() -> None:
         for line in (REPO / "requirements" / f"{req}.txt").read_text().splitlines():
             line = line.split("#", 1)[0].strip()
             if line and not line.startswith("-r"):
-                assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[A-Za-z0-9_.+\-]+", line), f"{req}.txt: unpinned {line!r}"
+                pinned = re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[A-Za-z0-9_.+\-]+", line)
+                assert pinned, f"{req}.txt: unpinned {line!r}"

@@ -3,8 +3,8 @@
 Detection (OpenCV, no learning): every pixel is labelled with its nearest palette entry (the named colours
 and the backgrounds) in CIELAB, within a distance limit; each colour's mask is opened, split into connected
 components, and each component large enough becomes an object. Its shape comes from its fill ratio (area
-over bounding box: square ≈ 1, circle ≈ π/4, triangle ≈ 1/2; the world's shapes are axis-aligned), its position
-from the centroid (nearest named position), its size from the box extent.
+over bounding box: square ≈ 1, circle ≈ π/4, triangle ≈ 1/2; the world's shapes are axis-aligned), its
+position from the centroid (nearest named position), its size from the box extent.
 
 Scoring compares detections with the scene a caption or an edit describes: an image is right when the
 detected (shape, colour, position) multiset equals the expected one; attribute-level rates are reported too.
@@ -39,9 +39,7 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
 
 
 _PALETTE_NAMES: tuple[str, ...] = (*COLOURS, *(f"bg:{b}" for b in BACKGROUNDS))
-_PALETTE_LAB: np.ndarray = _lab(
-    np.array([[*COLOURS.values(), *BACKGROUNDS.values()]], dtype=np.uint8)
-)[0]
+_PALETTE_LAB: np.ndarray = _lab(np.array([[*COLOURS.values(), *BACKGROUNDS.values()]], dtype=np.uint8))[0]
 
 
 @dataclass(frozen=True)
@@ -127,7 +125,7 @@ def detect(rgb: np.ndarray) -> Detections:
     border = np.concatenate([idx[0], idx[-1], idx[:, 0], idx[:, -1]])
     bg_votes = Counter(int(i) for i in border if i >= n_colours)
     background = _PALETTE_NAMES[bg_votes.most_common(1)[0][0]][3:] if bg_votes else "unknown"
-    k = max(3, int(round(min(h, w) / 170)) | 1)
+    k = max(3, round(min(h, w) / 170) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     min_area = MIN_AREA_FRACTION * h * w
     side = float(min(h, w))
@@ -147,8 +145,18 @@ def detect(rgb: np.ndarray) -> Detections:
             _, _, bw, bh = cv2.boundingRect(c)
             radius = float(np.sqrt(bw * bh)) / 2 / side
             shape, fill = classify_shape(c, area)
-            found.append(Detection(shape, name, nearest_position(cx, cy), nearest_size(radius), (cx, cy), radius,
-                                   float(area) / (h * w), fill))
+            found.append(
+                Detection(
+                    shape,
+                    name,
+                    nearest_position(cx, cy),
+                    nearest_size(radius),
+                    (cx, cy),
+                    radius,
+                    float(area) / (h * w),
+                    fill,
+                )
+            )
     return Detections(background, found)
 
 
@@ -173,13 +181,20 @@ class GenerationScore:
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly summary."""
         return {
-            "correct": self.correct, "count": self.count, "shapes": self.shapes, "colours": self.colours,
-            "positions": self.positions, "sizes": self.sizes, "background": self.background,
-            "detected": [list(d.key()) + [d.size] for d in self.detections.objects],
+            "correct": self.correct,
+            "count": self.count,
+            "shapes": self.shapes,
+            "colours": self.colours,
+            "positions": self.positions,
+            "sizes": self.sizes,
+            "background": self.background,
+            "detected": [[*list(d.key()), d.size] for d in self.detections.objects],
         }
 
 
-def score_generation(scene: Scene, image: np.ndarray, detections: Detections | None = None) -> GenerationScore:
+def score_generation(
+    scene: Scene, image: np.ndarray, detections: Detections | None = None
+) -> GenerationScore:
     """Score an image generated for ``caption(scene)``.
 
     ``correct``: the detected (shape, colour, position) multiset equals the scene's (right shapes, colours,
@@ -197,8 +212,13 @@ def score_generation(scene: Scene, image: np.ndarray, detections: Detections | N
         sizes += any(d.size == o.size for d in here)
         positions += any(d.shape == o.shape and d.colour == o.colour for d in here)
     return GenerationScore(
-        correct=det.keys() == expected_keys(scene), count=len(det.objects) == n, shapes=shapes / n,
-        colours=colours / n, positions=positions / n, sizes=sizes / n, background=det.background == scene.background,
+        correct=det.keys() == expected_keys(scene),
+        count=len(det.objects) == n,
+        shapes=shapes / n,
+        colours=colours / n,
+        positions=positions / n,
+        sizes=sizes / n,
+        background=det.background == scene.background,
         detections=det,
     )
 
@@ -216,8 +236,11 @@ class EditScore:
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly summary."""
         return {
-            "correct": self.correct, "changed": self.changed, "kept": self.kept, "background": self.background,
-            "detected": [list(d.key()) + [d.size] for d in self.detections.objects],
+            "correct": self.correct,
+            "changed": self.changed,
+            "kept": self.kept,
+            "background": self.background,
+            "detected": [[*list(d.key()), d.size] for d in self.detections.objects],
         }
 
 
@@ -246,5 +269,10 @@ def score_edit(edit: Edit, image: np.ndarray, detections: Detections | None = No
     others = [x for x in edit.source.objects if x is not o]
     kept = all(any(d.shape == x.shape and d.colour == x.colour for d in det.at(x.position)) for x in others)
     kept = kept and len(det.objects) <= len(edit.target.objects)
-    return EditScore(correct=det.keys() == target, changed=changed, kept=kept,
-                     background=det.background == edit.target.background, detections=det)
+    return EditScore(
+        correct=det.keys() == target,
+        changed=changed,
+        kept=kept,
+        background=det.background == edit.target.background,
+        detections=det,
+    )

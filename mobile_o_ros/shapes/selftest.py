@@ -65,8 +65,10 @@ class TorchEngine:
     name: str = "torch"
 
     @classmethod
-    def load(cls, model_dir: Path, steps: int = 20, guidance: float = 1.5, dtype: str = "fp32") -> TorchEngine:
-        """Load a checkpoint folder strictly into :class:`~mobile_o_ros.reference.pipelines.ReferencePipeline`."""
+    def load(
+        cls, model_dir: Path, steps: int = 20, guidance: float = 1.5, dtype: str = "fp32"
+    ) -> TorchEngine:
+        """Load a checkpoint folder strictly into the reference pipelines."""
         import torch
 
         from mobile_o_ros.reference.checkpoint import load_checkpoint
@@ -91,7 +93,9 @@ class TorchEngine:
         """Image editing."""
         import torch
 
-        return self.pipeline.edit(image, instruction, self.steps, self.guidance, latents=torch.from_numpy(latents))
+        return self.pipeline.edit(
+            image, instruction, self.steps, self.guidance, latents=torch.from_numpy(latents)
+        )
 
 
 @dataclass
@@ -163,8 +167,13 @@ def cached_export(model_dir: Path, progress: Progress | None = None) -> Path:
     return out
 
 
-def load_engine(model: str | Path | None, backend: str = "torch", steps: int = 20, guidance: float = 1.5,
-                progress: Progress | None = None) -> Engine:
+def load_engine(
+    model: str | Path | None,
+    backend: str = "torch",
+    steps: int = 20,
+    guidance: float = 1.5,
+    progress: Progress | None = None,
+) -> Engine:
     """An engine for a checkpoint folder (any backend: runtime backends export it, cached) or an export
     folder (runtime backends only). ``None``: the embedded model."""
     from mobile_o_ros.shapes import embedded_model_dir
@@ -240,7 +249,9 @@ def run_vqa(engine: Engine, per_category: int, progress: Progress | None = None)
         got = engine.answer(image, q.question).strip().lower()
         per[q.category].append(got == q.answer)
         if got != q.answer and len(wrong) < 10:
-            wrong.append({"question": q.question, "expected": q.answer, "got": got, "caption": world.caption(scene)})
+            wrong.append(
+                {"question": q.question, "expected": q.answer, "got": got, "caption": world.caption(scene)}
+            )
     out: dict[str, Any] = {c: _rate(per[c]) for c in world.QUESTION_CATEGORIES}
     out["overall"] = _rate([v for c in per for v in per[c]])
     out["n"] = sum(len(v) for v in per.values())
@@ -250,8 +261,9 @@ def run_vqa(engine: Engine, per_category: int, progress: Progress | None = None)
     return out
 
 
-def run_generation(engine: Engine, count: int, progress: Progress | None = None,
-                   save_dir: Path | None = None) -> dict[str, Any]:
+def run_generation(
+    engine: Engine, count: int, progress: Progress | None = None, save_dir: Path | None = None
+) -> dict[str, Any]:
     """GenEval-style generation accuracy, overall and by number of objects, plus attribute rates."""
     by_n: dict[str, list[bool]] = defaultdict(list)
     attrs: dict[str, list[float]] = defaultdict(list)
@@ -274,8 +286,9 @@ def run_generation(engine: Engine, count: int, progress: Progress | None = None,
     return out
 
 
-def run_editing(engine: Engine, per_kind: int, progress: Progress | None = None,
-                save_dir: Path | None = None) -> dict[str, Any]:
+def run_editing(
+    engine: Engine, per_kind: int, progress: Progress | None = None, save_dir: Path | None = None
+) -> dict[str, Any]:
     """Editing accuracy (change made and the rest kept), per kind and overall."""
     per: dict[str, list[bool]] = defaultdict(list)
     changed: list[bool] = []
@@ -288,8 +301,10 @@ def run_editing(engine: Engine, per_kind: int, progress: Progress | None = None,
         changed.append(s.changed)
         kept.append(s.kept)
         if save_dir is not None and k % per_kind < 4:
-            _save(save_dir / f"edit_{k:02d}_{e.kind}_{'ok' if s.correct else 'bad'}.png",
-                  np.concatenate([source, image], axis=1))
+            _save(
+                save_dir / f"edit_{k:02d}_{e.kind}_{'ok' if s.correct else 'bad'}.png",
+                np.concatenate([source, image], axis=1),
+            )
     out: dict[str, Any] = {kind: _rate(per[kind]) for kind in world.EDIT_KINDS}
     out["overall"] = _rate([v for vs in per.values() for v in vs])
     out["changed"] = _rate(changed)
@@ -307,9 +322,14 @@ def _save(path: Path, rgb: np.ndarray) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
-def run_selftest(engine: Engine, limits: dict[str, int] | None = None, tasks: tuple[str, ...] = ("vqa", "generation",
-                 "editing"), progress: Progress | None = None, save_dir: Path | None = None) -> dict[str, Any]:
-    """Run the chosen tasks; returns per-task results, the overall scores and whether each meets its target."""
+def run_selftest(
+    engine: Engine,
+    limits: dict[str, int] | None = None,
+    tasks: tuple[str, ...] = ("vqa", "generation", "editing"),
+    progress: Progress | None = None,
+    save_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the chosen tasks; returns per-task results, overall scores and whether each meets its target."""
     limits = {**DEFAULT_LIMITS, **(limits or {})}
     result: dict[str, Any] = {"backend": engine.name, "limits": limits}
     t0 = time.perf_counter()
@@ -328,8 +348,11 @@ def run_selftest(engine: Engine, limits: dict[str, int] | None = None, tasks: tu
 def format_report(result: dict[str, Any]) -> str:
     """A plain-text table of a :func:`run_selftest` result."""
     lines = [f"backend: {result['backend']}  ({result['seconds']} s)"]
-    for task, keys in (("vqa", [*world.QUESTION_CATEGORIES]), ("generation", None), ("editing", [*world.EDIT_KINDS,
-                       "changed", "kept"])):
+    for task, keys in (
+        ("vqa", [*world.QUESTION_CATEGORIES]),
+        ("generation", None),
+        ("editing", [*world.EDIT_KINDS, "changed", "kept"]),
+    ):
         if task not in result:
             continue
         r = result[task]
