@@ -26,6 +26,7 @@ Everything is seeded; :func:`train_demo` writes a checkpoint folder that
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -61,7 +62,7 @@ class Recipe:
     """Sizes and steps of every stage (defaults: the full recipe, about 25 minutes on 2 CPU cores)."""
 
     # (a) autoencoder
-    ae_steps: int = 900
+    ae_steps: int = 600
     ae_batch: int = 8
     ae_crop: int = 128
     ae_lr: float = 1e-3
@@ -69,32 +70,40 @@ class Recipe:
     ae_latent_l2: float = 1e-3
     ae_clip: float = 5.0
     # (b1) vision tower pre-training (dense labels)
-    vis_steps: int = 300
-    vis_batch: int = 8
-    vis_crop: int = 512
+    vis_steps: int = 250
+    vis_batch: int = 2
+    vis_crop: int = 1024
     vis_lr: float = 2e-3
+    vis_position_weight: float = 0.5
     # (b2) VQA (projector + LLM, cached vision features)
-    vlm_steps: int = 400
+    vlm_steps: int = 1000
     vlm_images: int = 8
-    vlm_questions: int = 5
-    vlm_lr: float = 1e-3
+    vlm_questions: int = 10
+    vlm_rounds: int = 3  # question rounds per image (one prefix per image; questions are cheap)
+    vlm_lr: float = 2e-3
     # cached sets for (c) and (d)
-    gen_scenes: int = 2000
-    src_scenes: int = 800
+    gen_scenes: int = 1200
+    src_scenes: int = 500
+    # (c0) caption probing (LLM + MCP, text only)
+    probe_steps: int = 300
+    probe_batch: int = 48
+    probe_lr: float = 2e-3
+    probe_llm_lr: float = 1e-3
     # (c) DiT + MCP
-    dit_steps: int = 1200
+    dit_steps: int = 450
     dit_batch: int = 32
-    dit_lr: float = 1e-3
+    dit_lr: float = 2e-3
     uncond_prob: float = 0.1
     train_shift: float = 3.0
-    dit_train_llm: bool = False
+    high_noise: float = 0.5
+    dit_train_llm: bool = True
     # (d) joint
-    joint_steps: int = 400
+    joint_steps: int = 150
     joint_gen: int = 12
     joint_edit: int = 12
-    joint_vqa: int = 8
-    joint_lr: float = 3e-4
-    joint_llm_lr: float = 1e-4
+    joint_vqa: int = 4
+    joint_lr: float = 1e-3
+    joint_llm_lr: float = 3e-4
     ce_weight: float = 0.2
     # misc
     warmup_frac: float = 0.05
@@ -103,9 +112,28 @@ class Recipe:
     @classmethod
     def quick(cls) -> Recipe:
         """A few steps of every stage on tiny sets (for tests)."""
-        return cls(ae_steps=12, ae_batch=4, ae_crop=128, vis_steps=8, vis_batch=2, vis_crop=256, vlm_steps=8,
-                   vlm_images=2, gen_scenes=24, src_scenes=8,
-                   dit_steps=12, dit_batch=8, joint_steps=4, joint_gen=4, joint_edit=4, joint_vqa=4, log_every=4)
+        return cls(
+            ae_steps=12,
+            ae_batch=4,
+            ae_crop=128,
+            vis_steps=9,
+            vis_batch=2,
+            vis_crop=256,
+            vlm_steps=9,
+            vlm_images=2,
+            gen_scenes=24,
+            src_scenes=8,
+            probe_steps=12,
+            probe_batch=8,
+            dit_steps=12,
+            dit_batch=8,
+            joint_steps=15,
+            joint_gen=6,
+            joint_edit=6,
+            joint_vqa=2,
+            joint_lr=2e-3,
+            log_every=4,
+        )
 
 
 @dataclass
@@ -119,16 +147,24 @@ class StageReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """Steps, time and the mean loss over the first and last tenth of the steps."""
-        k = max(1, len(self.losses) // 10)
+        """Steps, time and the mean loss over the first and last tenth of the steps (at least 3 if any)."""
+        n = len(self.losses)
+        k = max(1, min(n // 3, max(3, n // 10)))
         head = float(np.mean(self.losses[:k])) if self.losses else float("nan")
         tail = float(np.mean(self.losses[-k:])) if self.losses else float("nan")
-        return {"steps": self.steps, "seconds": round(self.seconds, 1), "loss_first": round(head, 5),
-                "loss_last": round(tail, 5), **self.extra}
+        return {
+            "steps": self.steps,
+            "seconds": round(self.seconds, 1),
+            "loss_first": round(head, 5),
+            "loss_last": round(tail, 5),
+            **self.extra,
+        }
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _schedule(opt: torch.optim.Optimizer, total: int, warmup_frac: float) -> torch.optim.lr_scheduler.LambdaLR:
+def _schedule(
+    opt: torch.optim.Optimizer, total: int, warmup_frac: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     warm = max(1, int(total * warmup_frac))
 
     def f(step: int) -> float:
@@ -137,6 +173,10 @@ def _schedule(opt: torch.optim.Optimizer, total: int, warmup_frac: float) -> tor
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+def _recent(losses: list[float], n: int) -> float:
+    return float(np.mean(losses[-n:]))
 
 
 def _params(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -219,8 +259,10 @@ def pad_batch(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
 
 def mcp_inputs_batch(model: MobileO, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Padded LLM prefill → hidden_states[-4:] stacked [B, 4, L, D] (positions past a row's length: junk)."""
-    out = model.llm.model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, use_cache=False)
-    return torch.stack(out.hidden_states[-model.mcp.num_layers:], dim=1)
+    out = model.llm.model(
+        inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, use_cache=False
+    )
+    return torch.stack(out.hidden_states[-model.mcp.num_layers :], dim=1)
 
 
 def conditioning_batch(
@@ -235,12 +277,22 @@ def conditioning_batch(
     return cond, mask
 
 
-def flow_loss(model: MobileO, x0: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor,
-              gen: torch.Generator, shift: float = 1.0) -> torch.Tensor:
+def flow_loss(
+    model: MobileO,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    mask: torch.Tensor,
+    gen: torch.Generator,
+    shift: float = 1.0,
+    high_noise: float = 0.0,
+) -> torch.Tensor:
     """Rectified-flow MSE: x_t = (1−σ)x0 + σε, target ε − x0, timestep t = 1000σ (facts §8).
 
-    ``shift`` 1: σ = t/1000 with t uniform in 1..1000 (the reference). ``shift`` s > 1: σ = s·u / (1 + (s−1)·u)
-    with u uniform, the inference schedule's shift, spending more of the few CPU steps at high noise.
+    ``shift`` 1: σ = t/1000 with t uniform in 1..1000 (the reference). ``shift`` s > 1:
+    σ = s·u / (1 + (s−1)·u) with u uniform, the inference schedule's shift. A fraction ``high_noise`` of
+    the rows instead draws σ uniform in [0.9, 1], where the caption is almost the only information: with
+    few CPU steps the model otherwise learns to read the noisy latent long before it learns to lay a scene
+    out from text.
     """
     b = x0.shape[0]
     if shift == 1.0:
@@ -248,11 +300,19 @@ def flow_loss(model: MobileO, x0: torch.Tensor, cond: torch.Tensor, mask: torch.
     else:
         u = torch.rand((b,), generator=gen).clamp_min(1e-3)
         t = 1000.0 * shift * u / (1 + (shift - 1) * u)
+    if high_noise > 0:
+        hi = torch.rand((b,), generator=gen) < high_noise
+        t = torch.where(hi, 900.0 + 100.0 * torch.rand((b,), generator=gen), t)
     sigma = (t / 1000.0).view(b, 1, 1, 1)
     eps = torch.randn(x0.shape, generator=gen)
     xt = (1 - sigma) * x0 + sigma * eps
-    v = model.dit(hidden_states=xt, encoder_hidden_states=cond, timestep=t, encoder_attention_mask=mask,
-                  return_dict=False)[0]
+    v = model.dit(
+        hidden_states=xt,
+        encoder_hidden_states=cond,
+        timestep=t,
+        encoder_attention_mask=mask,
+        return_dict=False,
+    )[0]
     return F.mse_loss(v, eps - x0)
 
 
@@ -289,8 +349,10 @@ def train_autoencoder(model: MobileO, recipe: Recipe, rng: random.Random, log: L
         sched.step()
         report.losses.append(loss.item())
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.ae_steps:
-            log(f"[a] autoencoder step {step + 1}/{recipe.ae_steps} loss {np.mean(report.losses[-recipe.log_every:]):.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+            log(
+                f"[a] autoencoder step {step + 1}/{recipe.ae_steps} "
+                f"loss {_recent(report.losses, recipe.log_every):.4f} ({time.perf_counter() - t0:.0f} s)"
+            )
     vae.eval()
     with torch.no_grad():
         x = torch.stack([vae_input(world.render(world.make_scene(next(seeds)), 512)) for _ in range(16)])
@@ -308,7 +370,7 @@ def _qa_sequences(
     seqs, labels = [], []
     for q in qas:
         ids = tok.image_prompt(prompts.vqa_prompt(q.question))
-        answer = tok.encode(q.answer) + [tok.eos]
+        answer = [*tok.encode(q.answer), tok.eos]
         e = splice(model, ids, image_embeds)
         a = model.embed_tokens(torch.tensor(answer)[None])[0]
         seqs.append(torch.cat([e, a], dim=0))
@@ -325,8 +387,12 @@ def vqa_loss(model: MobileO, seqs: list[torch.Tensor], labels: list[torch.Tensor
     return model.llm(inputs_embeds=embeds, attention_mask=mask, labels=lab, use_cache=False).loss
 
 
-def vqa_loss_shared(model: MobileO, tok: PromptTokens, image_embeds: torch.Tensor,
-                    questions: Sequence[Sequence[world.Question]]) -> torch.Tensor:
+def vqa_loss_shared(
+    model: MobileO,
+    tok: PromptTokens,
+    image_embeds: torch.Tensor,
+    questions: Sequence[Sequence[world.Question]],
+) -> torch.Tensor:
     """The same loss as :func:`vqa_loss` over every (image, question) pair, computing each image's prompt
     prefix (system turn, user header, 256 image tokens) once: a causal LLM's prefix states do not depend
     on what follows, so each question continues from its image's KV cache (gradients flow through it)."""
@@ -341,7 +407,7 @@ def vqa_loss_shared(model: MobileO, tok: PromptTokens, image_embeds: torch.Tenso
         for q in qs:
             q_ids = tok.image_prompt(prompts.vqa_prompt(q.question))
             tail = q_ids[q_ids.index(prompts.IMAGE_TOKEN_INDEX) + 1 :]
-            answer = tok.encode(q.answer) + [tok.eos]
+            answer = [*tok.encode(q.answer), tok.eos]
             rows.append(i)
             seqs.append(model.embed_tokens(torch.tensor(tail + answer)[None])[0])
             labels.append(torch.tensor([-100] * len(tail) + answer))
@@ -351,8 +417,9 @@ def vqa_loss_shared(model: MobileO, tok: PromptTokens, image_embeds: torch.Tenso
     for i, la in enumerate(labels):
         lab[i, : la.shape[0]] = la
     full_mask = torch.cat([torch.ones((len(rows), prefix.shape[1]), dtype=torch.long), mask], dim=1)
-    return model.llm(inputs_embeds=embeds, attention_mask=full_mask, past_key_values=cache, labels=lab,
-                     use_cache=True).loss
+    return model.llm(
+        inputs_embeds=embeds, attention_mask=full_mask, past_key_values=cache, labels=lab, use_cache=True
+    ).loss
 
 
 #: Classes of the dense vision pre-training labels: background + colours, background + shapes.
@@ -360,7 +427,9 @@ _COLOUR_CLASSES = ("background", *world.COLOURS)
 _SHAPE_CLASSES = ("background", *world.SHAPES)
 
 
-def token_labels(scene: world.Scene, grid: int = 16, min_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+def token_labels(
+    scene: world.Scene, grid: int = 16, min_fraction: float = 0.15
+) -> tuple[np.ndarray, np.ndarray]:
     """Per image token (row-major ``grid × grid`` cells): colour and shape class of the object covering most
     of the cell (at least ``min_fraction`` of it), else background (class 0)."""
     cell = 32
@@ -375,13 +444,19 @@ def token_labels(scene: world.Scene, grid: int = 16, min_fraction: float = 0.15)
 
 
 def pretrain_vision(model: MobileO, recipe: Recipe, rng: random.Random, log: Log) -> StageReport:
-    """Stage (b1): the vision tower on dense per-token labels (colour and shape of the object under each
-    token) through a temporary linear head, on 64-px-aligned random 512 crops of the 1024 px inputs (same
-    pixel scale and token grid as inference, a quarter of the cost). Stands in for MobileCLIP pre-training."""
+    """Stage (b1): the vision tower on dense per-token labels through a temporary linear head (stands in for
+    MobileCLIP pre-training): the colour and shape of the object under each token and, on whole images, the
+    token's own row and column in the 16×16 grid.
+
+    The position labels matter for editing: the DiT rebuilds the source image from the image tokens'
+    hidden states through cross-attention, which carries no positions of its own, so a latent cell can
+    only find "its" image token if the features say where they are. ``vis_crop`` < 1024 trains on 64-px
+    aligned random crops instead (a quarter of the cost per image, no position labels)."""
     _set_trainable(model, ["vision"])
     tower = model.vision
     tower.train()
-    head = torch.nn.Linear(model.config.mm_hidden_size, len(_COLOUR_CLASSES) + len(_SHAPE_CLASSES))
+    nc, ns, grid = len(_COLOUR_CLASSES), len(_SHAPE_CLASSES), 16
+    head = torch.nn.Linear(model.config.mm_hidden_size, nc + ns + 2 * grid)
     params = _params(tower, head)
     opt = torch.optim.AdamW(params, lr=recipe.vis_lr, weight_decay=0.01)
     sched = _schedule(opt, recipe.vis_steps, recipe.warmup_frac)
@@ -389,20 +464,30 @@ def pretrain_vision(model: MobileO, recipe: Recipe, rng: random.Random, log: Log
     report = StageReport("vision", recipe.vis_steps, 0.0)
     t0 = time.perf_counter()
     c = recipe.vis_crop // 64  # crop side in tokens
-    nc = len(_COLOUR_CLASSES)
+    whole = c == grid
+    rows = torch.arange(grid).repeat_interleave(grid)
+    cols_of = torch.arange(grid).repeat(grid)
     for step in range(recipe.vis_steps):
         xs, cols, shps = [], [], []
         for _ in range(recipe.vis_batch):
             scene = world.make_scene(next(seeds))
             img = vision_input(world.render(scene, 512))
             col, shp = token_labels(scene)
-            ty, tx = rng.randrange(0, 16 - c + 1), rng.randrange(0, 16 - c + 1)
+            ty, tx = rng.randrange(0, grid - c + 1), rng.randrange(0, grid - c + 1)
             xs.append(img[:, ty * 64 : (ty + c) * 64, tx * 64 : (tx + c) * 64])
-            cols.append(torch.from_numpy(col.reshape(16, 16)[ty : ty + c, tx : tx + c].reshape(-1)))
-            shps.append(torch.from_numpy(shp.reshape(16, 16)[ty : ty + c, tx : tx + c].reshape(-1)))
+            cols.append(torch.from_numpy(col.reshape(grid, grid)[ty : ty + c, tx : tx + c].reshape(-1)))
+            shps.append(torch.from_numpy(shp.reshape(grid, grid)[ty : ty + c, tx : tx + c].reshape(-1)))
         logits = head(tower(torch.stack(xs)))
         loss = F.cross_entropy(logits[..., :nc].flatten(0, 1), torch.cat(cols)) + F.cross_entropy(
-            logits[..., nc:].flatten(0, 1), torch.cat(shps))
+            logits[..., nc : nc + ns].flatten(0, 1), torch.cat(shps)
+        )
+        if whole:
+            b = len(xs)
+            pos = logits[..., nc + ns :]
+            loss = loss + recipe.vis_position_weight * (
+                F.cross_entropy(pos[..., :grid].flatten(0, 1), rows.repeat(b))
+                + F.cross_entropy(pos[..., grid:].flatten(0, 1), cols_of.repeat(b))
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -410,8 +495,11 @@ def pretrain_vision(model: MobileO, recipe: Recipe, rng: random.Random, log: Log
         sched.step()
         report.losses.append(loss.item())
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.vis_steps:
-            log(f"[b1] vision step {step + 1}/{recipe.vis_steps} loss "
-                f"{np.mean(report.losses[-recipe.log_every:]):.4f} ({time.perf_counter() - t0:.0f} s)")
+            log(
+                f"[b1] vision step {step + 1}/{recipe.vis_steps} loss "
+                f"{_recent(report.losses, recipe.log_every):.4f} "
+                f" ({time.perf_counter() - t0:.0f} s)"
+            )
     tower.eval()
     report.seconds = time.perf_counter() - t0
     return report
@@ -448,18 +536,20 @@ def build_cache(model: MobileO, recipe: Recipe, rng: random.Random, log: Log) ->
     log(f"[cache] {len(scenes)} scene latents ({time.perf_counter() - t0:.0f} s)")
     index = [i % len(scenes) for i in range(recipe.src_scenes)]
     edits = [world.edit_into(scenes[i], rng) for i in index]
+    tower = reparameterize(copy.deepcopy(model.vision)).eval()  # the inference form, as shipped (and faster)
     feats = []
     for i in range(0, len(edits), 8):
         px = torch.stack([vision_input(world.render(e.source, 512)) for e in edits[i : i + 8]])
-        feats.append(model.vision(px))
+        feats.append(tower(px))
     cache = Cache(scenes, latents, edits, torch.cat(feats), index)
     cache.seconds = time.perf_counter() - t0
     log(f"[cache] {len(edits)} edit sources' vision features ({cache.seconds:.0f} s)")
     return cache
 
 
-def train_vqa(model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, rng: random.Random,
-              log: Log) -> StageReport:
+def train_vqa(
+    model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, rng: random.Random, log: Log
+) -> StageReport:
     """Stage (b2): projector + LLM on VQA over the cached source images (tower frozen)."""
     _set_trainable(model, ["mm_projector", "llm"])
     model.llm.train()
@@ -474,7 +564,7 @@ def train_vqa(model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, r
         img = model.mm_projector(cache.source_feats[idx])
         qsets = []
         for i in idx:
-            qs = world.questions(cache.sources[i].source, rng)
+            qs = world.all_questions(cache.sources[i].source, rng, per_category=recipe.vlm_rounds)
             qsets.append(rng.sample(qs, min(recipe.vlm_questions, len(qs))))
         loss = vqa_loss_shared(model, tok, img, qsets)
         opt.zero_grad(set_to_none=True)
@@ -484,31 +574,52 @@ def train_vqa(model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, r
         sched.step()
         report.losses.append(loss.item())
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.vlm_steps:
-            log(f"[b2] vqa step {step + 1}/{recipe.vlm_steps} loss {np.mean(report.losses[-recipe.log_every:]):.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+            log(
+                f"[b2] vqa step {step + 1}/{recipe.vlm_steps} "
+                f"loss {_recent(report.losses, recipe.log_every):.4f} ({time.perf_counter() - t0:.0f} s)"
+            )
     model.llm.eval()
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _gen_batch(model: MobileO, tok: PromptTokens, cache: Cache, idx: Sequence[int], rng: random.Random,
-               uncond_prob: float, train_llm: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    seqs = [splice(model, tok.encode(prompts.generation_prompt(world.caption(cache.scenes[i], rng))), None)
-            for i in idx]
-    return _cond_from_seqs(model, seqs, uncond_prob, rng, train_llm) + (cache.latents[list(idx)],)
+def _gen_batch(
+    model: MobileO,
+    tok: PromptTokens,
+    cache: Cache,
+    idx: Sequence[int],
+    rng: random.Random,
+    uncond_prob: float,
+    train_llm: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    seqs = [
+        splice(model, tok.encode(prompts.generation_prompt(world.caption(cache.scenes[i], rng))), None)
+        for i in idx
+    ]
+    return (*_cond_from_seqs(model, seqs, uncond_prob, rng, train_llm), cache.latents[list(idx)])
 
 
-def _edit_batch(model: MobileO, tok: PromptTokens, cache: Cache, idx: Sequence[int], rng: random.Random,
-                uncond_prob: float, train_llm: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _edit_batch(
+    model: MobileO,
+    tok: PromptTokens,
+    cache: Cache,
+    idx: Sequence[int],
+    rng: random.Random,
+    uncond_prob: float,
+    train_llm: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     img = model.mm_projector(cache.source_feats[list(idx)])
-    seqs = [splice(model, tok.image_prompt(prompts.edit_prompt(cache.sources[i].instruction)), img[k])
-            for k, i in enumerate(idx)]
+    seqs = [
+        splice(model, tok.image_prompt(prompts.edit_prompt(cache.sources[i].instruction)), img[k])
+        for k, i in enumerate(idx)
+    ]
     x0 = cache.latents[[cache.source_latent_index[i] for i in idx]]
-    return _cond_from_seqs(model, seqs, uncond_prob, rng, train_llm) + (x0,)
+    return (*_cond_from_seqs(model, seqs, uncond_prob, rng, train_llm), x0)
 
 
-def _cond_from_seqs(model: MobileO, seqs: list[torch.Tensor], uncond_prob: float, rng: random.Random,
-                    train_llm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _cond_from_seqs(
+    model: MobileO, seqs: list[torch.Tensor], uncond_prob: float, rng: random.Random, train_llm: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     embeds, mask = pad_batch(seqs)
     if train_llm:
         stacked = mcp_inputs_batch(model, embeds, mask)
@@ -520,8 +631,99 @@ def _cond_from_seqs(model: MobileO, seqs: list[torch.Tensor], uncond_prob: float
     return conditioning_batch(model, stacked, lengths, uncond)
 
 
-def train_dit(model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, rng: random.Random,
-              log: Log) -> StageReport:
+#: Per-slot targets of the caption probe: class 0 = empty slot.
+_SIZE_CLASSES = ("none", *world.SIZES)
+
+
+class CaptionProbe(torch.nn.Module):
+    """Learned queries, one per named position plus one for the background, cross-attending over the MCP's
+    caption tokens; linear heads read each slot's colour, shape and size (or "empty") and the background.
+    Used only by stage (c0) and discarded, like stage (b1)'s head."""
+
+    def __init__(self, dim: int, heads: int = 4) -> None:
+        super().__init__()
+        self.queries = torch.nn.Parameter(0.02 * torch.randn(len(world.POSITIONS) + 1, dim))
+        self.attn = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = torch.nn.LayerNorm(dim)
+        self.colour = torch.nn.Linear(dim, len(_COLOUR_CLASSES))
+        self.shape = torch.nn.Linear(dim, len(_SHAPE_CLASSES))
+        self.size = torch.nn.Linear(dim, len(_SIZE_CLASSES))
+        self.background = torch.nn.Linear(dim, len(world.BACKGROUNDS))
+
+    def loss(self, cond: torch.Tensor, mask: torch.Tensor, scenes: Sequence[world.Scene]) -> torch.Tensor:
+        """Summed cross-entropy of every slot's attributes and the background."""
+        q = self.queries.expand(cond.shape[0], -1, -1)
+        out = self.norm(self.attn(q, cond, cond, key_padding_mask=mask == 0, need_weights=False)[0])
+        slots, bg = out[:, :-1], out[:, -1]
+        names = list(world.POSITIONS)
+        col = torch.zeros((len(scenes), len(names)), dtype=torch.long)
+        shp, siz = col.clone(), col.clone()
+        for i, sc in enumerate(scenes):
+            for o in sc.objects:
+                k = names.index(o.position)
+                col[i, k] = _COLOUR_CLASSES.index(o.colour)
+                shp[i, k] = _SHAPE_CLASSES.index(o.shape)
+                siz[i, k] = _SIZE_CLASSES.index(o.size)
+        bgt = torch.tensor([list(world.BACKGROUNDS).index(sc.background) for sc in scenes])
+        return (
+            F.cross_entropy(self.colour(slots).flatten(0, 1), col.flatten())
+            + F.cross_entropy(self.shape(slots).flatten(0, 1), shp.flatten())
+            + F.cross_entropy(self.size(slots).flatten(0, 1), siz.flatten())
+            + F.cross_entropy(self.background(bg), bgt)
+        )
+
+
+def probe_captions(
+    model: MobileO, tok: PromptTokens, recipe: Recipe, rng: random.Random, log: Log
+) -> StageReport:
+    """Stage (c0): LLM + MCP on reading captions, text only: a throw-away probe must recover every named
+    position's object (colour, shape, size or empty) and the background from the MCP's output tokens.
+
+    This teaches the conditioning path to bind each object's words to its position before the DiT has to
+    discover that binding through its cross-attention (which, measured, a DiT trained for minutes does not:
+    without this stage it learned the background but placed colours at chance)."""
+    _set_trainable(model, ["llm", "mcp"])
+    model.llm.train()
+    model.mcp.train()
+    probe = CaptionProbe(model.mcp.fusion.output_proj[0].out_features)
+    lw = [model.mcp.fusion.layer_weights]
+    rest = [p for p in _params(model.mcp, probe) if p is not lw[0]]
+    groups = [
+        {"params": rest},
+        {"params": lw, "lr": recipe.probe_lr * 10, "weight_decay": 0.0},
+        {"params": _params(model.llm), "lr": recipe.probe_llm_lr},
+    ]
+    opt = torch.optim.AdamW(groups, lr=recipe.probe_lr, weight_decay=0.01)
+    sched = _schedule(opt, recipe.probe_steps, recipe.warmup_frac)
+    seeds = _seed_stream(rng)
+    report = StageReport("caption_probe", recipe.probe_steps, 0.0)
+    t0 = time.perf_counter()
+    for step in range(recipe.probe_steps):
+        scenes = [world.make_scene(next(seeds)) for _ in range(recipe.probe_batch)]
+        texts = [prompts.generation_prompt(world.caption(sc, rng)) for sc in scenes]
+        seqs = [splice(model, tok.encode(t), None) for t in texts]
+        cond, mask = _cond_from_seqs(model, seqs, 0.0, rng, train_llm=True)
+        loss = probe.loss(cond, mask, scenes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        sched.step()
+        report.losses.append(loss.item())
+        if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.probe_steps:
+            log(
+                f"[c0] caption probe step {step + 1}/{recipe.probe_steps} "
+                f"loss {_recent(report.losses, recipe.log_every):.4f} ({time.perf_counter() - t0:.0f} s)"
+            )
+    model.llm.eval()
+    model.mcp.eval()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def train_dit(
+    model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, rng: random.Random, log: Log
+) -> StageReport:
     """Stage (c): DiT + MCP by rectified flow on captions, the VLM frozen."""
     _set_trainable(model, ["mcp", "dit", "llm"] if recipe.dit_train_llm else ["mcp", "dit"])
     model.dit.train()
@@ -540,8 +742,10 @@ def train_dit(model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, r
     n = len(cache.scenes)
     for step in range(recipe.dit_steps):
         idx = [rng.randrange(n) for _ in range(recipe.dit_batch)]
-        cond, mask, x0 = _gen_batch(model, tok, cache, idx, rng, recipe.uncond_prob, train_llm=recipe.dit_train_llm)
-        loss = flow_loss(model, x0, cond, mask, gen, recipe.train_shift)
+        cond, mask, x0 = _gen_batch(
+            model, tok, cache, idx, rng, recipe.uncond_prob, train_llm=recipe.dit_train_llm
+        )
+        loss = flow_loss(model, x0, cond, mask, gen, recipe.train_shift, recipe.high_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -549,8 +753,10 @@ def train_dit(model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, r
         sched.step()
         report.losses.append(loss.item())
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.dit_steps:
-            log(f"[c] dit step {step + 1}/{recipe.dit_steps} loss {np.mean(report.losses[-recipe.log_every:]):.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+            log(
+                f"[c] dit step {step + 1}/{recipe.dit_steps} "
+                f"loss {_recent(report.losses, recipe.log_every):.4f} ({time.perf_counter() - t0:.0f} s)"
+            )
     model.dit.eval()
     model.mcp.eval()
     model.llm.eval()
@@ -558,8 +764,9 @@ def train_dit(model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, r
     return report
 
 
-def train_joint(model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, rng: random.Random,
-                log: Log) -> StageReport:
+def train_joint(
+    model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, rng: random.Random, log: Log
+) -> StageReport:
     """Stage (d): generation + editing (flow) and VQA (0.2 × CE) together; the vision tower frozen."""
     _set_trainable(model, ["mm_projector", "llm", "mcp", "dit"])
     for m in (model.llm, model.mcp, model.dit):
@@ -568,9 +775,13 @@ def train_joint(model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe,
     core = [p for p in _params(model.mcp, model.dit) if p is not lw[0]]
     vlm = _params(model.mm_projector, model.llm)
     opt = torch.optim.AdamW(
-        [{"params": core}, {"params": lw, "lr": recipe.joint_lr * 10, "weight_decay": 0.0},
-         {"params": vlm, "lr": recipe.joint_llm_lr}],
-        lr=recipe.joint_lr, weight_decay=0.01,
+        [
+            {"params": core},
+            {"params": lw, "lr": recipe.joint_lr * 10, "weight_decay": 0.0},
+            {"params": vlm, "lr": recipe.joint_llm_lr},
+        ],
+        lr=recipe.joint_lr,
+        weight_decay=0.01,
     )
     sched = _schedule(opt, recipe.joint_steps, recipe.warmup_frac)
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
@@ -584,30 +795,26 @@ def train_joint(model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe,
         vi = [rng.randrange(m) for _ in range(recipe.joint_vqa)]
         c1, m1, x1 = _gen_batch(model, tok, cache, gi, rng, recipe.uncond_prob, train_llm=True)
         c2, m2, x2 = _edit_batch(model, tok, cache, ei, rng, recipe.uncond_prob, train_llm=True)
-        l_gen = flow_loss(model, x1, c1, m1, gen, recipe.train_shift)
-        l_edit = flow_loss(model, x2, c2, m2, gen, recipe.train_shift)
+        l_gen = flow_loss(model, x1, c1, m1, gen, recipe.train_shift, recipe.high_noise)
+        l_edit = flow_loss(model, x2, c2, m2, gen, recipe.train_shift, recipe.high_noise)
         img = model.mm_projector(cache.source_feats[vi])
-        seqs, labels = [], []
-        for k, i in enumerate(vi):
-            q = rng.choice(world.questions(cache.sources[i].source, rng))
-            a, b = _qa_sequences(model, tok, img[k], [q])
-            seqs += a
-            labels += b
-        l_vqa = vqa_loss(model, seqs, labels)
+        l_vqa = vqa_loss_shared(model, tok, img, [world.questions(cache.sources[i].source, rng) for i in vi])
         loss = l_gen + l_edit + recipe.ce_weight * l_vqa
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(core + lw + vlm, 1.0)
         opt.step()
         sched.step()
-        report.losses.append(float(l_gen + l_edit))
+        report.losses.append(float((l_gen + l_edit).detach()))
         for k, v in (("gen", l_gen), ("edit", l_edit), ("vqa", l_vqa)):
-            parts[k].append(float(v))
+            parts[k].append(float(v.detach()))
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.joint_steps:
             w = recipe.log_every
-            log(f"[d] joint step {step + 1}/{recipe.joint_steps} gen {np.mean(parts['gen'][-w:]):.4f} "
+            log(
+                f"[d] joint step {step + 1}/{recipe.joint_steps} gen {np.mean(parts['gen'][-w:]):.4f} "
                 f"edit {np.mean(parts['edit'][-w:]):.4f} vqa {np.mean(parts['vqa'][-w:]):.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
     for mod in (model.llm, model.mcp, model.dit):
         mod.eval()
     report.seconds = time.perf_counter() - t0
@@ -619,8 +826,10 @@ def train_joint(model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe,
 
 # ------------------------------------------------------------------------------------------- driver
 def shapes_model(out_dir: Path, seed: int) -> tuple[MobileO, PromptTokens]:
-    """Write the tokenizer into ``out_dir`` and build the untrained ``shapes`` model (vision in training form)."""
-    vocab = build_tiny_tokenizer(out_dir, vocab_size=TOKENIZER_VOCAB, seed=seed)
+    """Write the tokenizer into ``out_dir``; build the untrained ``shapes`` model (vision: training form)."""
+    vocab = build_tiny_tokenizer(
+        out_dir, vocab_size=TOKENIZER_VOCAB, seed=seed, extra_corpus=world.language_corpus(seed=seed)
+    )
     cfg: MobileOConfig = preset("shapes", vocab_size=vocab)
     tok = PromptTokens(out_dir / "tokenizer.json")
     cfg.llm["bos_token_id"] = tok.tok.token_to_id(prompts.ENDOFTEXT)
@@ -640,8 +849,14 @@ def save_shapes_checkpoint(model: MobileO, out_dir: Path) -> Path:
     return out_dir
 
 
-def train_demo(out_dir: str | Path, seed: int = 0, quick: bool = False, recipe: Recipe | None = None,
-               log: Log = print, threads: int | None = None) -> dict[str, Any]:
+def train_demo(
+    out_dir: str | Path,
+    seed: int = 0,
+    quick: bool = False,
+    recipe: Recipe | None = None,
+    log: Log = print,
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Train the shapes model from ``seed`` and write a checkpoint folder; returns the training report.
 
     ``quick`` runs :meth:`Recipe.quick` (a few steps per stage). The report (also written as
@@ -657,12 +872,17 @@ def train_demo(out_dir: str | Path, seed: int = 0, quick: bool = False, recipe: 
     np.random.seed(seed)
     rng = random.Random(seed)
     model, tok = shapes_model(out, seed)
-    log(f"shapes model: {count_parameters(model):,} parameters "
-        + ", ".join(f"{c} {count_parameters(model.component(c)):,}" for c in ("vision", "mm_projector", "llm",
-                                                                            "mcp", "dit", "vae")))
+    log(
+        f"shapes model: {count_parameters(model):,} parameters "
+        + ", ".join(
+            f"{c} {count_parameters(model.component(c)):,}"
+            for c in ("vision", "mm_projector", "llm", "mcp", "dit", "vae")
+        )
+    )
     stages = [train_autoencoder(model, recipe, rng, log), pretrain_vision(model, recipe, rng, log)]
     cache = build_cache(model, recipe, rng, log)
     stages.append(train_vqa(model, tok, cache, recipe, rng, log))
+    stages.append(probe_captions(model, tok, recipe, rng, log))
     stages.append(train_dit(model, tok, cache, recipe, rng, log))
     stages.append(train_joint(model, tok, cache, recipe, rng, log))
     save_shapes_checkpoint(model, out)
@@ -671,8 +891,10 @@ def train_demo(out_dir: str | Path, seed: int = 0, quick: bool = False, recipe: 
         "seed": seed,
         "quick": quick,
         "recipe": dataclasses.asdict(recipe),
-        "parameters": {c: count_parameters(model.component(c)) for c in ("vision", "mm_projector", "llm", "mcp",
-                                                                         "dit", "vae")},
+        "parameters": {
+            c: count_parameters(model.component(c))
+            for c in ("vision", "mm_projector", "llm", "mcp", "dit", "vae")
+        },
         "stages": {s.name: s.summary() for s in stages},
         "cache_seconds": round(cache.seconds, 1),
         "total_seconds": round(total, 1),
