@@ -424,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", nargs="+", default=None, help="only these components")
     p.add_argument("--tensorrt-export", default=None, help="also measure TensorRT engines of this export")
     p.set_defaults(func=cmd_bench)
+
+    from mobile_o_ros.shapes.cli import add_parsers as add_shapes_parsers
+
+    add_shapes_parsers(sub)  # train-demo, selftest
     return parser
 
 
