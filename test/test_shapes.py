@@ -203,7 +203,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_quick_recipe_losses_fall_in_every_stage(quick_run: tuple[Path, dict]) -> None:
     _, report = quick_run
-    assert set(report["stages"]) == {"autoencoder", "vision", "vqa", "caption_probe", "dit", "joint"}
+    assert set(report["stages"]) == {"autoencoder", "vision", "vqa", "caption_binding", "dit", "joint"}
     for name, stage in report["stages"].items():
         assert stage["loss_last"] < stage["loss_first"], (name, stage)
     assert report["total_seconds"] < 60

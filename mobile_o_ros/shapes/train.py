@@ -11,6 +11,8 @@ shallow. Stages (facts §8, scaled down to minutes):
     and LLM on VQA: the inference template (``prompts.vqa_prompt``), images through the reference
     preprocessing (black pad, bicubic to 1024, [0, 1]) spliced as 256 tokens at the −200 placeholder,
     cross-entropy on the answer tokens and ``<|im_end|>``.
+(c0) **caption binding**: LLM + MCP, text only: at each position word of a caption a throw-away linear
+    head reads the colour, shape and size of the object placed there (see :func:`bind_captions`).
 (c) **DiT + MCP** with the VLM frozen: rectified flow on captions, ``x_t = (1−σ)x0 + σε``, target ``ε − x0``,
     ``σ = t/1000`` with t uniform in 1..1000, unweighted MSE; the prompt is ``prompts.generation_prompt``,
     the MCP sees hidden_states[-4:] at each prompt's true length (it is not padding-invariant), the DiT a
@@ -62,7 +64,7 @@ class Recipe:
     """Sizes and steps of every stage (defaults: the full recipe, about 25 minutes on 2 CPU cores)."""
 
     # (a) autoencoder
-    ae_steps: int = 600
+    ae_steps: int = 500
     ae_batch: int = 8
     ae_crop: int = 128
     ae_lr: float = 1e-3
@@ -76,7 +78,7 @@ class Recipe:
     vis_lr: float = 2e-3
     vis_position_weight: float = 0.5
     # (b2) VQA (projector + LLM, cached vision features)
-    vlm_steps: int = 1000
+    vlm_steps: int = 900
     vlm_images: int = 8
     vlm_questions: int = 10
     vlm_rounds: int = 3  # question rounds per image (one prefix per image; questions are cheap)
@@ -84,19 +86,21 @@ class Recipe:
     # cached sets for (c) and (d)
     gen_scenes: int = 1200
     src_scenes: int = 500
-    # (c0) caption probing (LLM + MCP, text only)
-    probe_steps: int = 300
-    probe_batch: int = 48
-    probe_lr: float = 2e-3
-    probe_llm_lr: float = 1e-3
+    # (c0) caption binding (LLM + MCP, text only)
+    bind_steps: int = 120
+    bind_batch: int = 32
+    bind_lr: float = 3e-3
+    bind_llm_lr: float = 3e-3
     # (c) DiT + MCP
-    dit_steps: int = 450
+    dit_steps: int = 600
     dit_batch: int = 32
     dit_lr: float = 2e-3
     uncond_prob: float = 0.1
     train_shift: float = 3.0
     high_noise: float = 0.5
-    dit_train_llm: bool = True
+    dit_train_llm: bool = False
+    layout_weight: float = 0.5  # dense layout CE on a DiT block (LayoutProbe), stages (c) and (d)
+    layout_block: int = 2
     # (d) joint
     joint_steps: int = 150
     joint_gen: int = 12
@@ -123,8 +127,8 @@ class Recipe:
             vlm_images=2,
             gen_scenes=24,
             src_scenes=8,
-            probe_steps=12,
-            probe_batch=8,
+            bind_steps=12,
+            bind_batch=8,
             dit_steps=12,
             dit_batch=8,
             joint_steps=15,
@@ -591,12 +595,13 @@ def _gen_batch(
     rng: random.Random,
     uncond_prob: float,
     train_llm: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     seqs = [
         splice(model, tok.encode(prompts.generation_prompt(world.caption(cache.scenes[i], rng))), None)
         for i in idx
     ]
-    return (*_cond_from_seqs(model, seqs, uncond_prob, rng, train_llm), cache.latents[list(idx)])
+    cond, mask, keep = _cond_from_seqs(model, seqs, uncond_prob, rng, train_llm)
+    return cond, mask, cache.latents[list(idx)], keep
 
 
 def _edit_batch(
@@ -607,19 +612,21 @@ def _edit_batch(
     rng: random.Random,
     uncond_prob: float,
     train_llm: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     img = model.mm_projector(cache.source_feats[list(idx)])
     seqs = [
         splice(model, tok.image_prompt(prompts.edit_prompt(cache.sources[i].instruction)), img[k])
         for k, i in enumerate(idx)
     ]
     x0 = cache.latents[[cache.source_latent_index[i] for i in idx]]
-    return (*_cond_from_seqs(model, seqs, uncond_prob, rng, train_llm), x0)
+    cond, mask, keep = _cond_from_seqs(model, seqs, uncond_prob, rng, train_llm)
+    return cond, mask, x0, keep
 
 
 def _cond_from_seqs(
     model: MobileO, seqs: list[torch.Tensor], uncond_prob: float, rng: random.Random, train_llm: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Conditioning [B, L, C], its mask, and which rows are conditional (the rest are CFG's null rows)."""
     embeds, mask = pad_batch(seqs)
     if train_llm:
         stacked = mcp_inputs_batch(model, embeds, mask)
@@ -628,96 +635,152 @@ def _cond_from_seqs(
             stacked = mcp_inputs_batch(model, embeds, mask)
     lengths = [int(s.shape[0]) for s in seqs]
     uncond = [rng.random() < uncond_prob for _ in seqs]
-    return conditioning_batch(model, stacked, lengths, uncond)
+    cond, mask = conditioning_batch(model, stacked, lengths, uncond)
+    return cond, mask, torch.tensor([not u for u in uncond])
 
 
-#: Per-slot targets of the caption probe: class 0 = empty slot.
-_SIZE_CLASSES = ("none", *world.SIZES)
+#: Colour classes of the DiT layout labels: each object colour, then each background colour.
+_LAYOUT_COLOURS = (*world.COLOURS, *(f"bg:{b}" for b in world.BACKGROUNDS))
 
 
-class CaptionProbe(torch.nn.Module):
-    """Learned queries, one per named position plus one for the background, cross-attending over the MCP's
-    caption tokens; linear heads read each slot's colour, shape and size (or "empty") and the background.
-    Used only by stage (c0) and discarded, like stage (b1)'s head."""
+def layout_labels(scene: world.Scene, grid: int) -> torch.Tensor:
+    """Per DiT token (row-major ``grid × grid``): [colour class (object colour, else the background's),
+    shape class (0 = background)] → int64 [2, grid²]."""
+    colours, shapes = token_labels(scene, grid=grid)
+    bg = len(world.COLOURS) + list(world.BACKGROUNDS).index(scene.background)
+    return torch.from_numpy(np.stack([np.where(colours == 0, bg, colours - 1), shapes]))
 
-    def __init__(self, dim: int, heads: int = 4) -> None:
-        super().__init__()
-        self.queries = torch.nn.Parameter(0.02 * torch.randn(len(world.POSITIONS) + 1, dim))
-        self.attn = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm = torch.nn.LayerNorm(dim)
-        self.colour = torch.nn.Linear(dim, len(_COLOUR_CLASSES))
-        self.shape = torch.nn.Linear(dim, len(_SHAPE_CLASSES))
-        self.size = torch.nn.Linear(dim, len(_SIZE_CLASSES))
-        self.background = torch.nn.Linear(dim, len(world.BACKGROUNDS))
 
-    def loss(self, cond: torch.Tensor, mask: torch.Tensor, scenes: Sequence[world.Scene]) -> torch.Tensor:
-        """Summed cross-entropy of every slot's attributes and the background."""
-        q = self.queries.expand(cond.shape[0], -1, -1)
-        out = self.norm(self.attn(q, cond, cond, key_padding_mask=mask == 0, need_weights=False)[0])
-        slots, bg = out[:, :-1], out[:, -1]
-        names = list(world.POSITIONS)
-        col = torch.zeros((len(scenes), len(names)), dtype=torch.long)
-        shp, siz = col.clone(), col.clone()
-        for i, sc in enumerate(scenes):
-            for o in sc.objects:
-                k = names.index(o.position)
-                col[i, k] = _COLOUR_CLASSES.index(o.colour)
-                shp[i, k] = _SHAPE_CLASSES.index(o.shape)
-                siz[i, k] = _SIZE_CLASSES.index(o.size)
-        bgt = torch.tensor([list(world.BACKGROUNDS).index(sc.background) for sc in scenes])
-        return (
-            F.cross_entropy(self.colour(slots).flatten(0, 1), col.flatten())
-            + F.cross_entropy(self.shape(slots).flatten(0, 1), shp.flatten())
-            + F.cross_entropy(self.size(slots).flatten(0, 1), siz.flatten())
-            + F.cross_entropy(self.background(bg), bgt)
+class LayoutProbe:
+    """Dense supervision of a DiT block's output (in the spirit of REPA's representation alignment): a
+    throw-away linear head must read, at every token, the colour and shape of what the target image shows
+    there. It trains with the flow loss in stages (c) and (d) and is discarded with its forward hook.
+
+    Measured: with the flow loss alone a DiT trained for minutes on a CPU learned backgrounds and blobs
+    but not which object goes where; the cross-entropy here hands the cross-attention a direct signal for
+    routing each region to the caption (or source-image) tokens that describe it."""
+
+    def __init__(self, model: MobileO, block: int) -> None:
+        dit = model.config.dit
+        self.grid = model.config.latent_shape[-1] // dit.get("patch_size", 1)
+        width = dit["num_attention_heads"] * dit["attention_head_dim"]
+        self.head = torch.nn.Linear(width, len(_LAYOUT_COLOURS) + len(_SHAPE_CLASSES))
+        self._features: torch.Tensor | None = None
+        self._hook = model.dit.transformer_blocks[block].register_forward_hook(self._keep)
+        self._labels: dict[world.Scene, torch.Tensor] = {}
+
+    def _keep(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        self._features = output
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The head's parameters (for the optimizer)."""
+        return list(self.head.parameters())
+
+    def loss(self, scenes: Sequence[world.Scene], keep: torch.Tensor) -> torch.Tensor:
+        """CE of the last DiT call's block output against ``scenes`` (conditional rows ``keep`` only)."""
+        if self._features is None or not bool(keep.any()):
+            return torch.zeros(())
+        rows = [sc for sc, k in zip(scenes, keep.tolist(), strict=True) if k]
+        for sc in rows:
+            if sc not in self._labels:
+                self._labels[sc] = layout_labels(sc, self.grid)
+        labels = torch.stack([self._labels[sc] for sc in rows])  # [B, 2, N]
+        logits = self.head(self._features[keep])
+        n = len(_LAYOUT_COLOURS)
+        return F.cross_entropy(logits[..., :n].flatten(0, 1), labels[:, 0].flatten()) + F.cross_entropy(
+            logits[..., n:].flatten(0, 1), labels[:, 1].flatten()
         )
 
+    def remove(self) -> None:
+        """Detach the forward hook."""
+        self._hook.remove()
 
-def probe_captions(
+
+#: Size classes of the caption-binding head.
+_SIZE_CLASSES = world.SIZES
+
+
+def binding_targets(
+    tok: PromptTokens, ids: Sequence[int], scene: world.Scene
+) -> list[tuple[int, int, int, int]]:
+    """(token index, colour, shape, size class) for every position word of a caption prompt: the object that
+    the caption places there. Every position name is one token of the shapes tokenizer."""
+    words = {tok.tok.token_to_id("Ġ" + p): p for p in world.POSITIONS}
+    out = []
+    for j, t in enumerate(ids):
+        o = scene.at(words[t]) if t in words else None
+        if o is not None:
+            out.append(
+                (
+                    j,
+                    _COLOUR_CLASSES.index(o.colour),
+                    _SHAPE_CLASSES.index(o.shape),
+                    list(_SIZE_CLASSES).index(o.size),
+                )
+            )
+    return out
+
+
+def bind_captions(
     model: MobileO, tok: PromptTokens, recipe: Recipe, rng: random.Random, log: Log
 ) -> StageReport:
-    """Stage (c0): LLM + MCP on reading captions, text only: a throw-away probe must recover every named
-    position's object (colour, shape, size or empty) and the background from the MCP's output tokens.
+    """Stage (c0): LLM + MCP on binding a caption's words, text only. At each position word ("top", "left",
+    ...) a throw-away linear head must read, from the MCP's output token, the colour, shape and size of the
+    object the caption puts there.
 
-    This teaches the conditioning path to bind each object's words to its position before the DiT has to
-    discover that binding through its cross-attention (which, measured, a DiT trained for minutes does not:
-    without this stage it learned the background but placed colours at chance)."""
+    Generation needs that binding: a DiT latent cell finds the caption token for its region by
+    cross-attention and must get the attributes from that same token. Measured on this model: a DiT trained
+    for minutes never discovers the binding by itself (colours at chance), and an attention probe over the
+    whole caption is slow to teach it (loss 4.6 → 3.2 in 300 steps), while this per-token head reaches 100%
+    binding accuracy within about 75 steps (a causal LLM's position word sees its own clause)."""
     _set_trainable(model, ["llm", "mcp"])
     model.llm.train()
     model.mcp.train()
-    probe = CaptionProbe(model.mcp.fusion.output_proj[0].out_features)
+    nc, ns = len(_COLOUR_CLASSES), len(_SHAPE_CLASSES)
+    head = torch.nn.Linear(model.mcp.fusion.output_proj[0].out_features, nc + ns + len(_SIZE_CLASSES))
     lw = [model.mcp.fusion.layer_weights]
-    rest = [p for p in _params(model.mcp, probe) if p is not lw[0]]
+    rest = [p for p in _params(model.mcp, head) if p is not lw[0]]
     groups = [
         {"params": rest},
-        {"params": lw, "lr": recipe.probe_lr * 10, "weight_decay": 0.0},
-        {"params": _params(model.llm), "lr": recipe.probe_llm_lr},
+        {"params": lw, "lr": recipe.bind_lr * 10, "weight_decay": 0.0},
+        {"params": _params(model.llm), "lr": recipe.bind_llm_lr},
     ]
-    opt = torch.optim.AdamW(groups, lr=recipe.probe_lr, weight_decay=0.01)
-    sched = _schedule(opt, recipe.probe_steps, recipe.warmup_frac)
+    opt = torch.optim.AdamW(groups, lr=recipe.bind_lr, weight_decay=0.01)
+    sched = _schedule(opt, recipe.bind_steps, recipe.warmup_frac)
     seeds = _seed_stream(rng)
-    report = StageReport("caption_probe", recipe.probe_steps, 0.0)
+    report = StageReport("caption_binding", recipe.bind_steps, 0.0)
+    accuracy: list[float] = []
     t0 = time.perf_counter()
-    for step in range(recipe.probe_steps):
-        scenes = [world.make_scene(next(seeds)) for _ in range(recipe.probe_batch)]
-        texts = [prompts.generation_prompt(world.caption(sc, rng)) for sc in scenes]
-        seqs = [splice(model, tok.encode(t), None) for t in texts]
-        cond, mask = _cond_from_seqs(model, seqs, 0.0, rng, train_llm=True)
-        loss = probe.loss(cond, mask, scenes)
+    for step in range(recipe.bind_steps):
+        seqs, rows = [], []
+        for k in range(recipe.bind_batch):
+            scene = world.make_scene(next(seeds))
+            ids = tok.encode(prompts.generation_prompt(world.caption(scene, rng)))
+            seqs.append(splice(model, ids, None))
+            rows += [(k, *t) for t in binding_targets(tok, ids, scene)]
+        cond, _, _ = _cond_from_seqs(model, seqs, 0.0, rng, train_llm=True)
+        target = torch.tensor(rows)
+        logits = head(cond[target[:, 0], target[:, 1]])
+        parts = (logits[:, :nc], logits[:, nc : nc + ns], logits[:, nc + ns :])
+        loss = sum(F.cross_entropy(lo, target[:, 2 + i]) for i, lo in enumerate(parts))
+        right = torch.stack([lo.argmax(1) == target[:, 2 + i] for i, lo in enumerate(parts)]).all(0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
         sched.step()
         report.losses.append(loss.item())
-        if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.probe_steps:
+        accuracy.append(float(right.float().mean()))
+        if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.bind_steps:
             log(
-                f"[c0] caption probe step {step + 1}/{recipe.probe_steps} "
-                f"loss {_recent(report.losses, recipe.log_every):.4f} ({time.perf_counter() - t0:.0f} s)"
+                f"[c0] caption binding step {step + 1}/{recipe.bind_steps} "
+                f"loss {_recent(report.losses, recipe.log_every):.4f} "
+                f"accuracy {_recent(accuracy, recipe.log_every):.3f} ({time.perf_counter() - t0:.0f} s)"
             )
     model.llm.eval()
     model.mcp.eval()
     report.seconds = time.perf_counter() - t0
+    report.extra["accuracy_last"] = round(_recent(accuracy, max(1, recipe.bind_steps // 10)), 4)
     return report
 
 
@@ -730,7 +793,11 @@ def train_dit(
     model.mcp.train()
     lw = [model.mcp.fusion.layer_weights]
     rest = [p for p in _params(model.mcp, model.dit) if p is not lw[0]]
-    groups = [{"params": rest}, {"params": lw, "lr": recipe.dit_lr * 10, "weight_decay": 0.0}]
+    layout = LayoutProbe(model, recipe.layout_block)
+    groups = [
+        {"params": rest + layout.parameters()},
+        {"params": lw, "lr": recipe.dit_lr * 10, "weight_decay": 0.0},
+    ]
     if recipe.dit_train_llm:
         model.llm.train()
         groups.append({"params": _params(model.llm), "lr": recipe.joint_llm_lr})
@@ -738,14 +805,18 @@ def train_dit(
     sched = _schedule(opt, recipe.dit_steps, recipe.warmup_frac)
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     report = StageReport("dit", recipe.dit_steps, 0.0)
+    aux_losses: list[float] = []
     t0 = time.perf_counter()
     n = len(cache.scenes)
     for step in range(recipe.dit_steps):
         idx = [rng.randrange(n) for _ in range(recipe.dit_batch)]
-        cond, mask, x0 = _gen_batch(
+        cond, mask, x0, keep = _gen_batch(
             model, tok, cache, idx, rng, recipe.uncond_prob, train_llm=recipe.dit_train_llm
         )
         loss = flow_loss(model, x0, cond, mask, gen, recipe.train_shift, recipe.high_noise)
+        aux = layout.loss([cache.scenes[i] for i in idx], keep)
+        loss = loss + recipe.layout_weight * aux
+        aux_losses.append(aux.item())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -755,8 +826,13 @@ def train_dit(
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.dit_steps:
             log(
                 f"[c] dit step {step + 1}/{recipe.dit_steps} "
-                f"loss {_recent(report.losses, recipe.log_every):.4f} ({time.perf_counter() - t0:.0f} s)"
+                f"loss {_recent(report.losses, recipe.log_every):.4f} "
+                f"(layout {_recent(aux_losses, recipe.log_every):.4f}) ({time.perf_counter() - t0:.0f} s)"
             )
+    layout.remove()
+    k = max(1, recipe.dit_steps // 10)
+    report.extra = {"layout_first": round(float(np.mean(aux_losses[:k])), 5)}
+    report.extra["layout_last"] = round(_recent(aux_losses, k), 5)
     model.dit.eval()
     model.mcp.eval()
     model.llm.eval()
@@ -772,7 +848,8 @@ def train_joint(
     for m in (model.llm, model.mcp, model.dit):
         m.train()
     lw = [model.mcp.fusion.layer_weights]
-    core = [p for p in _params(model.mcp, model.dit) if p is not lw[0]]
+    layout = LayoutProbe(model, recipe.layout_block)
+    core = [p for p in _params(model.mcp, model.dit) if p is not lw[0]] + layout.parameters()
     vlm = _params(model.mm_projector, model.llm)
     opt = torch.optim.AdamW(
         [
@@ -786,27 +863,29 @@ def train_joint(
     sched = _schedule(opt, recipe.joint_steps, recipe.warmup_frac)
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     report = StageReport("joint", recipe.joint_steps, 0.0)
-    parts: dict[str, list[float]] = {"gen": [], "edit": [], "vqa": []}
+    parts: dict[str, list[float]] = {"gen": [], "edit": [], "vqa": [], "layout": []}
     t0 = time.perf_counter()
     n, m = len(cache.scenes), len(cache.sources)
     for step in range(recipe.joint_steps):
         gi = [rng.randrange(n) for _ in range(recipe.joint_gen)]
         ei = [rng.randrange(m) for _ in range(recipe.joint_edit)]
         vi = [rng.randrange(m) for _ in range(recipe.joint_vqa)]
-        c1, m1, x1 = _gen_batch(model, tok, cache, gi, rng, recipe.uncond_prob, train_llm=True)
-        c2, m2, x2 = _edit_batch(model, tok, cache, ei, rng, recipe.uncond_prob, train_llm=True)
+        c1, m1, x1, k1 = _gen_batch(model, tok, cache, gi, rng, recipe.uncond_prob, train_llm=True)
+        c2, m2, x2, k2 = _edit_batch(model, tok, cache, ei, rng, recipe.uncond_prob, train_llm=True)
         l_gen = flow_loss(model, x1, c1, m1, gen, recipe.train_shift, recipe.high_noise)
+        a_gen = layout.loss([cache.scenes[i] for i in gi], k1)
         l_edit = flow_loss(model, x2, c2, m2, gen, recipe.train_shift, recipe.high_noise)
+        a_edit = layout.loss([cache.scenes[cache.source_latent_index[i]] for i in ei], k2)
         img = model.mm_projector(cache.source_feats[vi])
         l_vqa = vqa_loss_shared(model, tok, img, [world.questions(cache.sources[i].source, rng) for i in vi])
-        loss = l_gen + l_edit + recipe.ce_weight * l_vqa
+        loss = l_gen + l_edit + recipe.ce_weight * l_vqa + recipe.layout_weight * (a_gen + a_edit)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(core + lw + vlm, 1.0)
         opt.step()
         sched.step()
         report.losses.append(float((l_gen + l_edit).detach()))
-        for k, v in (("gen", l_gen), ("edit", l_edit), ("vqa", l_vqa)):
+        for k, v in (("gen", l_gen), ("edit", l_edit), ("vqa", l_vqa), ("layout", a_gen + a_edit)):
             parts[k].append(float(v.detach()))
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.joint_steps:
             w = recipe.log_every
@@ -815,6 +894,7 @@ def train_joint(
                 f"edit {np.mean(parts['edit'][-w:]):.4f} vqa {np.mean(parts['vqa'][-w:]):.4f} "
                 f"({time.perf_counter() - t0:.0f} s)"
             )
+    layout.remove()
     for mod in (model.llm, model.mcp, model.dit):
         mod.eval()
     report.seconds = time.perf_counter() - t0
@@ -882,7 +962,7 @@ def train_demo(
     stages = [train_autoencoder(model, recipe, rng, log), pretrain_vision(model, recipe, rng, log)]
     cache = build_cache(model, recipe, rng, log)
     stages.append(train_vqa(model, tok, cache, recipe, rng, log))
-    stages.append(probe_captions(model, tok, recipe, rng, log))
+    stages.append(bind_captions(model, tok, recipe, rng, log))
     stages.append(train_dit(model, tok, cache, recipe, rng, log))
     stages.append(train_joint(model, tok, cache, recipe, rng, log))
     save_shapes_checkpoint(model, out)
