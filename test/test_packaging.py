@@ -27,19 +27,44 @@ needs_env = pytest.mark.skipif(
 # Field name -> rosidl Python type string, in declaration order. Other robots' code depends on these.
 H = "std_msgs/Header"
 IMG = "sensor_msgs/Image"
-ASK_REQ = {"question": "string", "camera": "string", "image": IMG, "max_new_tokens": "uint32",
-           "temperature": "float", "seed": "int64"}
-ASK_RESP = {"success": "boolean", "message": "string", "answer": "string", "image_header": H,
-            "num_tokens": "uint32", "latency_ms": "float"}
+ASK_REQ = {
+    "question": "string",
+    "camera": "string",
+    "image": IMG,
+    "max_new_tokens": "uint32",
+    "temperature": "float",
+    "seed": "int64",
+}
+ASK_RESP = {
+    "success": "boolean",
+    "message": "string",
+    "answer": "string",
+    "image_header": H,
+    "num_tokens": "uint32",
+    "latency_ms": "float",
+}
 GEN_REQ = {"prompt": "string", "steps": "uint32", "guidance_scale": "float", "seed": "int64"}
 GEN_RESP = {"success": "boolean", "message": "string", "image": IMG, "seed": "int64", "latency_ms": "float"}
-EDIT_REQ = {"instruction": "string", "camera": "string", "image": IMG, "steps": "uint32",
-            "guidance_scale": "float", "seed": "int64"}
+EDIT_REQ = {
+    "instruction": "string",
+    "camera": "string",
+    "image": IMG,
+    "steps": "uint32",
+    "guidance_scale": "float",
+    "seed": "int64",
+}
 EDIT_RESP = {**GEN_RESP, "source_header": H}
 STEP_FB = {"step": "uint32", "total": "uint32"}
 
-MSGS = {"SceneAnswer": {"header": H, "camera": "string", "question": "string", "answer": "string",
-                        "latency_ms": "float"}}
+MSGS = {
+    "SceneAnswer": {
+        "header": H,
+        "camera": "string",
+        "question": "string",
+        "answer": "string",
+        "latency_ms": "float",
+    }
+}
 SRVS = {
     "AskScene": (ASK_REQ, ASK_RESP),
     "GenerateImage": (GEN_REQ, GEN_RESP),
@@ -132,8 +157,14 @@ def test_field_setters_enforce_the_types() -> None:
 def test_mobile_o_ros_comes_from_the_colcon_install() -> None:
     import mobile_o_ros
 
-    install_pkg = REPO / "install" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
-        "site-packages" / "mobile_o_ros"
+    install_pkg = (
+        REPO
+        / "install"
+        / "lib"
+        / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        / "site-packages"
+        / "mobile_o_ros"
+    )
     assert Path(mobile_o_ros.__file__).parent == install_pkg, mobile_o_ros.__path__
     assert all((install_pkg / d).is_dir() for d in ("msg", "srv", "action"))
     # --symlink-install: the Python sources are links to the repo, so edits need no rebuild.
@@ -194,6 +225,7 @@ def test_askscene_service_roundtrip_over_dds(ros_context) -> None:
     client_node = Node("ask_client", namespace=ns, context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
     try:
+
         def handle(req: AskScene.Request, resp: AskScene.Response) -> AskScene.Response:
             resp.success = True
             resp.answer = f"{req.question}|{req.camera}|{req.image.width}x{req.image.height}|{req.seed}"
@@ -241,6 +273,7 @@ def test_generateimage_action_roundtrip_over_dds(ros_context) -> None:
     client_node = Node("gen_client", namespace=ns, context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
     try:
+
         def execute(goal_handle):
             total = goal_handle.request.steps
             for i in range(1, total + 1):
@@ -293,8 +326,15 @@ def test_package_xml_declares_the_package() -> None:
         return {e.text.strip() for e in root.findall(tag)}
 
     assert {"ament_cmake", "ament_cmake_python", "rosidl_default_generators"} <= deps("buildtool_depend")
-    assert {"sensor_msgs", "std_msgs", "std_srvs", "action_msgs", "diagnostic_msgs", "lifecycle_msgs",
-            "builtin_interfaces"} <= deps("depend")
+    assert {
+        "sensor_msgs",
+        "std_msgs",
+        "std_srvs",
+        "action_msgs",
+        "diagnostic_msgs",
+        "lifecycle_msgs",
+        "builtin_interfaces",
+    } <= deps("depend")
     assert "rclpy" in deps("exec_depend")
     assert deps("member_of_group") == {"rosidl_interface_packages"}
     assert root.findtext("export/build_type") == "ament_cmake"

@@ -63,7 +63,8 @@ def test_profiles_follow_the_manifest_axes(manifest: dict[str, Any]) -> None:
     (mcp,) = profiles.shape_profiles(g["mcp"], "mcp", "orin-nano")
     assert mcp["hidden_states"][1][0] == 2 and mcp["hidden_states"][2][2] == 512
     assert profiles.shape_profiles(g["vision"], "vision", "orin-nano") == [
-        {"images": ((1, 3, 1024, 1024),) * 3}]
+        {"images": ((1, 3, 1024, 1024),) * 3}
+    ]
     assert profiles.shape_profiles(g["vae_decoder"], "vae_decoder", "orin-nano") == []
     (hidden,) = profiles.shape_profiles(g["llm_hidden"], "llm_hidden", "desktop")
     assert hidden["inputs_embeds"][2][1] == 1024
@@ -76,8 +77,12 @@ def test_select_profile_prefill_vs_decode(manifest: dict[str, Any]) -> None:
     ranges = [{n: (s[0], s[2]) for n, s in p.items()} for p in shapes]
 
     def feeds(t: int, c: int) -> dict[str, tuple[int, ...]]:
-        return {"inputs_embeds": (1, t, 64), "position_ids": (1, t), "attention_mask": (1, 1, t, c),
-                "kv_cache": (4, 2, 1, 2, c, 16)}
+        return {
+            "inputs_embeds": (1, t, 64),
+            "position_ids": (1, t),
+            "attention_mask": (1, 1, t, c),
+            "kv_cache": (4, 2, 1, 2, c, 16),
+        }
 
     assert profiles.select_profile(ranges, feeds(300, 640)) == 0
     assert profiles.select_profile(ranges, feeds(1, 640)) == 1
@@ -137,9 +142,12 @@ def test_dit_padding_to_a_bucket_equals_the_unpadded_call(tiny_runtime) -> None:
     hidden = rng.standard_normal((2, 4, n, tiny_runtime.model_info["hidden_size"])).astype(np.float32)
     cond = run("mcp", {"hidden_states": hidden})["conditioning"]
     assert cond.shape == (2, n, dim)
-    feeds = {"latents": rng.standard_normal((2, 32, 16, 16)).astype(np.float32),
-             "timestep": np.array([999.0, 999.0], np.float32), "encoder_hidden_states": cond,
-             "encoder_attention_mask": np.ones((2, n), np.float32)}
+    feeds = {
+        "latents": rng.standard_normal((2, 32, 16, 16)).astype(np.float32),
+        "timestep": np.array([999.0, 999.0], np.float32),
+        "encoder_hidden_states": cond,
+        "encoder_attention_mask": np.ones((2, n), np.float32),
+    }
     padded = profiles.pad_dit_feeds(feeds, (64, 128))
     hidden_p, mask_p = padded["encoder_hidden_states"], padded["encoder_attention_mask"]
     assert hidden_p.shape == (2, 64, dim) and mask_p.shape == (2, 64)
@@ -167,10 +175,17 @@ def _fake_engine(engine_dir: Path, graph: str, key: dict[str, Any], prec: str = 
 
 
 CHANGES = {
-    "key_version": 99, "onnx_sha256": "b" * 64, "tensorrt": "10.4.0", "gpu": "NVIDIA H100",
-    "compute_capability": "9.0", "l4t": "R36.4.7", "precision": "bf16", "precision_policy": "v2-000000000000",
+    "key_version": 99,
+    "onnx_sha256": "b" * 64,
+    "tensorrt": "10.4.0",
+    "gpu": "NVIDIA H100",
+    "compute_capability": "9.0",
+    "l4t": "R36.4.7",
+    "precision": "bf16",
+    "precision_policy": "v2-000000000000",
     "profiles": [{"x": [[1], [4], [8]]}],
-    "opt_level": 5, "workspace_bytes": 2 << 30,
+    "opt_level": 5,
+    "workspace_bytes": 2 << 30,
 }
 
 
@@ -213,8 +228,9 @@ def test_engine_manifest_round_trip(tmp_path: Path) -> None:
     assert cache.load_engine_manifest(tmp_path / "empty")["engines"] == {}
 
 
-def test_onnx_digest_uses_the_manifest_and_verifies_bytes(tiny_export: Path, manifest: dict[str, Any],
-                                                          tmp_path: Path) -> None:
+def test_onnx_digest_uses_the_manifest_and_verifies_bytes(
+    tiny_export: Path, manifest: dict[str, Any], tmp_path: Path
+) -> None:
     digest = cache.graph_sha256(tiny_export, manifest, "mcp")
     assert digest == cache.graph_sha256(tiny_export, manifest, "mcp", verify=True)
     assert digest != cache.graph_sha256(tiny_export, manifest, "dit")
@@ -241,8 +257,9 @@ def test_l4t_release_and_default_engine_dir(tmp_path: Path, monkeypatch: pytest.
 
 
 # ------------------------------------------------------------------------------------------ builder checks
-def test_no_build_refuses_missing_and_stale_engines(tiny_export: Path, manifest: dict[str, Any],
-                                                    tmp_path: Path) -> None:
+def test_no_build_refuses_missing_and_stale_engines(
+    tiny_export: Path, manifest: dict[str, Any], tmp_path: Path
+) -> None:
     with pytest.raises(EngineCacheError) as err:
         builder.build_engines(tiny_export, tmp_path, no_build=True, env=ENV, log=lambda s: None)
     msg = str(err.value)
@@ -310,10 +327,20 @@ class FakeTRT:
         trt.DataType, trt.float32, trt.float16 = DataType, DataType.FLOAT, DataType.HALF
         trt.bfloat16 = DataType.BF16
         trt.int32, trt.int64 = DataType.INT32, DataType.INT64
-        to_np = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT32: np.int32,
-                 DataType.INT64: np.int64, DataType.BOOL: np.bool_}
-        from_name = {"float32": DataType.FLOAT, "float16": DataType.HALF, "int64": DataType.INT64,
-                     "int32": DataType.INT32, "bool": DataType.BOOL}
+        to_np = {
+            DataType.FLOAT: np.float32,
+            DataType.HALF: np.float16,
+            DataType.INT32: np.int32,
+            DataType.INT64: np.int64,
+            DataType.BOOL: np.bool_,
+        }
+        from_name = {
+            "float32": DataType.FLOAT,
+            "float16": DataType.HALF,
+            "int64": DataType.INT64,
+            "int32": DataType.INT32,
+            "bool": DataType.BOOL,
+        }
         trt.nptype = lambda dt: to_np[dt]
         trt.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
         trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 BF16 TF32 OBEY_PRECISION_CONSTRAINTS")
@@ -379,6 +406,7 @@ class FakeTRT:
                 for n in model.graph.node:
                     if n.op_type == "Constant":
                         continue
+
                     def tensor(name: str) -> Tensor:
                         return Tensor(from_name.get(dtypes.get(name, ""), DataType.FLOAT))
 
@@ -453,11 +481,16 @@ class FakeTRT:
                 mon.step_complete("Building engine", 1)
                 mon.phase_finish("Building engine")
                 pinned = [la.name for la in network.layers if la.precision is not None]
-                fake.builds.append({
-                    "onnx": network.onnx, "flags": set(config.flags), "pinned": pinned,
-                    "profiles": [p.shapes for p in config.profiles], "pools": dict(config.pools),
-                    "opt_level": config.builder_optimization_level,
-                })
+                fake.builds.append(
+                    {
+                        "onnx": network.onnx,
+                        "flags": set(config.flags),
+                        "pinned": pinned,
+                        "profiles": [p.shapes for p in config.profiles],
+                        "pools": dict(config.pools),
+                        "opt_level": config.builder_optimization_level,
+                    }
+                )
                 profs = [{n: [list(s[0]), list(s[2])] for n, s in p.shapes.items()} for p in config.profiles]
                 return json.dumps({"onnx": network.onnx, "profiles": profs}).encode()
 
@@ -466,8 +499,10 @@ class FakeTRT:
                 spec = json.loads(blob)
                 self.session = fake.ort.InferenceSession(spec["onnx"], providers=["CPUExecutionProvider"])
                 self.profiles = spec["profiles"]
-                self.io = {**{i.name: (trt.TensorIOMode.INPUT, i) for i in self.session.get_inputs()},
-                           **{o.name: (trt.TensorIOMode.OUTPUT, o) for o in self.session.get_outputs()}}
+                self.io = {
+                    **{i.name: (trt.TensorIOMode.INPUT, i) for i in self.session.get_inputs()},
+                    **{o.name: (trt.TensorIOMode.OUTPUT, o) for o in self.session.get_outputs()},
+                }
                 self.names = list(self.io)
                 self.device_memory_size = 1000 + 10 * len(self.names)
                 self.num_optimization_profiles = max(1, len(self.profiles))
@@ -525,8 +560,10 @@ class FakeTRT:
                     return self.shapes[name]
                 key = tuple(sorted(self.shapes.items()))
                 if key not in self.out_shapes:
-                    zeros = {n: np.zeros(self.shapes[n], trt.nptype(self.engine.get_tensor_dtype(n)))
-                             for n in self._inputs()}
+                    zeros = {
+                        n: np.zeros(self.shapes[n], trt.nptype(self.engine.get_tensor_dtype(n)))
+                        for n in self._inputs()
+                    }
                     self.out_shapes[key] = {n: a.shape for n, a in self._run(zeros).items()}
                 return self.out_shapes[key][name]
 
@@ -648,8 +685,9 @@ def fake_engines(fake_trt: FakeTRT, tiny_export: Path, tmp_path: Path) -> Path:
     return tmp_path / "engines"
 
 
-def test_builder_with_the_stand_in(fake_trt: FakeTRT, tiny_export: Path, manifest: dict[str, Any],
-                                   tmp_path: Path) -> None:
+def test_builder_with_the_stand_in(
+    fake_trt: FakeTRT, tiny_export: Path, manifest: dict[str, Any], tmp_path: Path
+) -> None:
     logs: list[str] = []
     engine_dir = tmp_path / "engines"
     results = builder.build_engines(tiny_export, engine_dir, log=logs.append)
@@ -698,12 +736,19 @@ def _feeds(tiny_runtime) -> dict[str, dict[str, np.ndarray]]:
     return {
         "vision": {"images": rng.random((1, 3, 1024, 1024), dtype=np.float32)},
         "llm_hidden": {"inputs_embeds": embeds},
-        "llm_decode": {"inputs_embeds": embeds, "position_ids": pos[None],
-                       "attention_mask": decode_mask(pos, cap), "kv_cache": cache_in},
+        "llm_decode": {
+            "inputs_embeds": embeds,
+            "position_ids": pos[None],
+            "attention_mask": decode_mask(pos, cap),
+            "kv_cache": cache_in,
+        },
         "mcp": {"hidden_states": rng.standard_normal((2, 4, n, d)).astype(np.float32)},
-        "dit": {"latents": rng.standard_normal((2, 32, 16, 16)).astype(np.float32),
-                "timestep": np.array([500.0, 500.0], np.float32), "encoder_hidden_states": cond,
-                "encoder_attention_mask": np.ones((2, n), np.float32)},
+        "dit": {
+            "latents": rng.standard_normal((2, 32, 16, 16)).astype(np.float32),
+            "timestep": np.array([500.0, 500.0], np.float32),
+            "encoder_hidden_states": cond,
+            "encoder_attention_mask": np.ones((2, n), np.float32),
+        },
         "vae_decoder": {"latents": rng.standard_normal((1, 32, 16, 16)).astype(np.float32)},
     }
 
@@ -726,10 +771,18 @@ def test_backend_with_the_stand_in_matches_onnxruntime(
     step = _feeds(tiny_runtime)["llm_decode"]
     first = backend.run("llm_decode", step)
     pos = np.array([23], np.int64)
-    token = {"inputs_embeds": step["inputs_embeds"][:, :1], "position_ids": pos[None],
-             "attention_mask": decode_mask(pos, 64), "kv_cache": first["kv_cache_out"]}
-    np.testing.assert_allclose(backend.run("llm_decode", token)["logits"],
-                               tiny_runtime.backend.run("llm_decode", token)["logits"], rtol=1e-5, atol=1e-5)
+    token = {
+        "inputs_embeds": step["inputs_embeds"][:, :1],
+        "position_ids": pos[None],
+        "attention_mask": decode_mask(pos, 64),
+        "kv_cache": first["kv_cache_out"],
+    }
+    np.testing.assert_allclose(
+        backend.run("llm_decode", token)["logits"],
+        tiny_runtime.backend.run("llm_decode", token)["logits"],
+        rtol=1e-5,
+        atol=1e-5,
+    )
     info = backend.describe()
     assert info["backend"] == "tensorrt" and info["version"] == "10.3.0" and info["gpu"] == ENV.gpu
     assert info["engines"]["llm_decode"]["profiles"] == 2 and info["engines"]["dit"]["dit_buckets"][0] == 64
@@ -749,8 +802,9 @@ def test_backend_with_the_stand_in_matches_onnxruntime(
         backend.run("vae_decoder", _feeds(tiny_runtime)["vae_decoder"])
 
 
-def test_backend_cuda_graphs_replay_static_shapes(fake_trt: FakeTRT, fake_engines: Path, tiny_export: Path,
-                                                  manifest: dict[str, Any], tiny_runtime) -> None:
+def test_backend_cuda_graphs_replay_static_shapes(
+    fake_trt: FakeTRT, fake_engines: Path, tiny_export: Path, manifest: dict[str, Any], tiny_runtime
+) -> None:
     from mobile_o_ros.runtime.trt_backend import TensorRTBackend
 
     backend = TensorRTBackend(tiny_export, manifest, engine_dir=fake_engines, use_cuda_graphs=True)
@@ -761,8 +815,9 @@ def test_backend_cuda_graphs_replay_static_shapes(fake_trt: FakeTRT, fake_engine
     feeds["dit"]["latents"] = feeds["dit"]["latents"] * 0.5
     second = backend.run("dit", feeds["dit"])  # replay with new input data
     assert graphs.launches == 1 and not np.allclose(first["velocity"], second["velocity"])
-    np.testing.assert_allclose(second["velocity"], tiny_runtime.backend.run("dit", feeds["dit"])["velocity"],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        second["velocity"], tiny_runtime.backend.run("dit", feeds["dit"])["velocity"], rtol=1e-5, atol=1e-5
+    )
     backend.run("llm_hidden", feeds["llm_hidden"])  # dynamic-shape graphs are never captured
     assert len(graphs.captured) == 1
     assert backend.describe()["engines"]["dit"]["captured_cuda_graphs"] == 1
@@ -770,8 +825,9 @@ def test_backend_cuda_graphs_replay_static_shapes(fake_trt: FakeTRT, fake_engine
     assert not graphs.captured
 
 
-def test_backend_is_bound_to_its_thread(fake_trt: FakeTRT, fake_engines: Path, tiny_export: Path,
-                                        manifest: dict[str, Any], tiny_runtime) -> None:
+def test_backend_is_bound_to_its_thread(
+    fake_trt: FakeTRT, fake_engines: Path, tiny_export: Path, manifest: dict[str, Any], tiny_runtime
+) -> None:
     from mobile_o_ros.runtime.trt_backend import TensorRTBackend
 
     backend = TensorRTBackend(tiny_export, manifest, engine_dir=fake_engines, graphs=["vae_decoder"])
@@ -794,7 +850,10 @@ def test_backend_is_bound_to_its_thread(fake_trt: FakeTRT, fake_engines: Path, t
 
 
 def test_backend_refuses_missing_and_stale_engines(
-    fake_trt: FakeTRT, tiny_export: Path, manifest: dict[str, Any], tmp_path: Path,
+    fake_trt: FakeTRT,
+    tiny_export: Path,
+    manifest: dict[str, Any],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from mobile_o_ros.runtime.trt_backend import TensorRTBackend
@@ -821,8 +880,9 @@ def test_backend_without_tensorrt_names_what_to_do(
         TensorRTBackend(tiny_export, manifest, engine_dir=tmp_path)
 
 
-def test_pipelines_on_the_stand_in_match_onnxruntime(fake_trt: FakeTRT, fake_engines: Path, tiny_export: Path,
-                                                     tiny_runtime) -> None:
+def test_pipelines_on_the_stand_in_match_onnxruntime(
+    fake_trt: FakeTRT, fake_engines: Path, tiny_export: Path, tiny_runtime
+) -> None:
     from mobile_o_ros.runtime.engine import MobileORuntime
 
     rt = MobileORuntime.load(tiny_export, backend="tensorrt", engine_dir=fake_engines, use_cuda_graphs=True)
@@ -849,10 +909,28 @@ def test_cli_parser_registers_build_engines() -> None:
     got = (args.export_dir, args.engine_dir, args.precision, args.target)
     assert got == ("exp", None, "fp16", "orin-nano")
     assert not args.force and not args.no_build and args.only is None and callable(args.func)
-    args = _parser().parse_args(["build-engines", "exp", "eng", "--precision", "bf16", "--target", "desktop",
-                                 "--force", "--only", "dit", "vae_decoder"])
+    args = _parser().parse_args(
+        [
+            "build-engines",
+            "exp",
+            "eng",
+            "--precision",
+            "bf16",
+            "--target",
+            "desktop",
+            "--force",
+            "--only",
+            "dit",
+            "vae_decoder",
+        ]
+    )
     assert (args.engine_dir, args.precision, args.target, args.force, args.only) == (
-        "eng", "bf16", "desktop", True, ["dit", "vae_decoder"])
+        "eng",
+        "bf16",
+        "desktop",
+        True,
+        ["dit", "vae_decoder"],
+    )
     with pytest.raises(SystemExit):
         _parser().parse_args(["build-engines", "exp", "--precision", "int8"])
 
@@ -884,8 +962,9 @@ def test_cli_errors_are_one_line(tiny_export: Path, tmp_path: Path, monkeypatch:
     assert "\n" not in str(err.value)
 
 
-def test_cli_builds_with_the_stand_in(fake_trt: FakeTRT, tiny_export: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_builds_with_the_stand_in(
+    fake_trt: FakeTRT, tiny_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = _parser().parse_args(["build-engines", str(tiny_export), str(tmp_path / "e"), "--only", "mcp"])
     assert args.func(args) == 0
     assert "1 engine(s)" in capsys.readouterr().out.splitlines()[-1]
@@ -900,6 +979,11 @@ def test_trt_modules_import_without_tensorrt_pycuda_or_torch() -> None:
         "import mobile_o_ros.runtime.trt_backend; "
         "print(sorted(m for m in ('tensorrt', 'pycuda', 'torch', 'onnx') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == "[]"

@@ -35,8 +35,11 @@ MIN_PSNR_DB = {"fp32": 40.0, "fp16": 25.0}
 @pytest.fixture(scope="session")
 def gpu() -> tuple[str, str]:
     """Skip unless TensorRT, pycuda and a CUDA device are usable; returns (GPU name, compute capability)."""
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (JetPack 6 ships TensorRT 10.3; "
-                                           "elsewhere install it on a CUDA machine)")
+    pytest.importorskip(
+        "tensorrt",
+        reason="TensorRT is not installed (JetPack 6 ships TensorRT 10.3; "
+        "elsewhere install it on a CUDA machine)",
+    )
     pytest.importorskip("pycuda.driver", reason="pycuda is not installed (pip install pycuda, nvcc on PATH)")
     try:
         return cache.gpu_identity()
@@ -45,8 +48,12 @@ def gpu() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session", params=PRECISIONS)
-def engines(request: pytest.FixtureRequest, gpu: tuple[str, str], tiny_export: Path,
-            tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+def engines(
+    request: pytest.FixtureRequest,
+    gpu: tuple[str, str],
+    tiny_export: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[str, Path]:
     """(precision, engine dir) with every graph of the tiny export built once per session."""
     precision = request.param
     engine_dir = tmp_path_factory.mktemp(f"engines_{precision}")
@@ -74,8 +81,11 @@ def trt_runtime(engines: tuple[str, Path], tiny_export: Path):
 def _metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     a, b = np.asarray(ref, np.float64).ravel(), np.asarray(out, np.float64).ravel()
     denom = np.linalg.norm(a) * np.linalg.norm(b)
-    return {"cosine": float(a @ b / denom) if denom else float(np.array_equal(a, b)),
-            "max_abs": float(np.abs(a - b).max()), "ref_max_abs": float(np.abs(a).max())}
+    return {
+        "cosine": float(a @ b / denom) if denom else float(np.array_equal(a, b)),
+        "max_abs": float(np.abs(a - b).max()),
+        "ref_max_abs": float(np.abs(a).max()),
+    }
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -105,13 +115,19 @@ def _graph_feeds(rt) -> dict[str, dict[str, np.ndarray]]:
     return {
         "vision": {"images": rng.random((1, 3, rt.image_size, rt.image_size), dtype=np.float32)},
         "llm_hidden": {"inputs_embeds": embeds[None]},
-        "llm_decode": {"inputs_embeds": embeds[None], "position_ids": pos[None],
-                       "attention_mask": decode_mask(pos, cap),
-                       "kv_cache": np.zeros(kv_shape, np.float32)},
+        "llm_decode": {
+            "inputs_embeds": embeds[None],
+            "position_ids": pos[None],
+            "attention_mask": decode_mask(pos, cap),
+            "kv_cache": np.zeros(kv_shape, np.float32),
+        },
         "mcp": {"hidden_states": cfg},
-        "dit": {"latents": rng.standard_normal((2, *rt.latent_shape)).astype(np.float32),
-                "timestep": np.array([999.0, 999.0], np.float32), "encoder_hidden_states": cond,
-                "encoder_attention_mask": np.ones(cond.shape[:2], np.float32)},
+        "dit": {
+            "latents": rng.standard_normal((2, *rt.latent_shape)).astype(np.float32),
+            "timestep": np.array([999.0, 999.0], np.float32),
+            "encoder_hidden_states": cond,
+            "encoder_attention_mask": np.ones(cond.shape[:2], np.float32),
+        },
         "vae_decoder": {"latents": (rng.standard_normal((1, *rt.latent_shape)) / 0.41407).astype(np.float32)},
     }
 
@@ -141,8 +157,10 @@ def test_every_graph_matches_onnxruntime(engines: tuple[str, Path], trt_runtime,
             assert out[name].shape == r.shape and out[name].dtype == r.dtype, (graph, name)
             m = _metrics(r, out[name])
             min_cos, rel = tol.get(name, tol["*"])
-            line = (f"{precision} {graph}/{name}: cosine {m['cosine']:.7f} max_abs {m['max_abs']:.3e} "
-                    f"(ref max {m['ref_max_abs']:.3e})")
+            line = (
+                f"{precision} {graph}/{name}: cosine {m['cosine']:.7f} max_abs {m['max_abs']:.3e} "
+                f"(ref max {m['ref_max_abs']:.3e})"
+            )
             print(line)
             if not (m["cosine"] >= min_cos and m["max_abs"] <= rel * max(m["ref_max_abs"], 1e-6)):
                 failures.append(line)
@@ -152,8 +170,11 @@ def test_every_graph_matches_onnxruntime(engines: tuple[str, Path], trt_runtime,
 def test_dit_text_padding_on_the_gpu(engines: tuple[str, Path], trt_runtime, ort_runtime) -> None:
     feeds = _graph_feeds(ort_runtime)["dit"]
     n = feeds["encoder_hidden_states"].shape[1]
-    short = {**feeds, "encoder_hidden_states": feeds["encoder_hidden_states"][:, : n // 3],
-             "encoder_attention_mask": feeds["encoder_attention_mask"][:, : n // 3]}
+    short = {
+        **feeds,
+        "encoder_hidden_states": feeds["encoder_hidden_states"][:, : n // 3],
+        "encoder_attention_mask": feeds["encoder_attention_mask"][:, : n // 3],
+    }
     ref = ort_runtime.backend.run("dit", short)["velocity"]  # unpadded
     m = _metrics(ref, trt_runtime.backend.run("dit", short)["velocity"])  # padded to the 64 bucket
     assert m["cosine"] >= TOLERANCES[engines[0]]["*"][0], m
@@ -166,18 +187,26 @@ def test_cuda_graphs_replay_matches_enqueue(
 
     precision, engine_dir = engines
     feeds = _graph_feeds(ort_runtime)
-    plain = TensorRTBackend(tiny_export, ort_runtime.manifest, engine_dir, precision=precision,
-                            graphs=["dit", "vae_decoder"])
-    graphed = TensorRTBackend(tiny_export, ort_runtime.manifest, engine_dir, precision=precision,
-                              graphs=["dit", "vae_decoder"], use_cuda_graphs=True)
+    plain = TensorRTBackend(
+        tiny_export, ort_runtime.manifest, engine_dir, precision=precision, graphs=["dit", "vae_decoder"]
+    )
+    graphed = TensorRTBackend(
+        tiny_export,
+        ort_runtime.manifest,
+        engine_dir,
+        precision=precision,
+        graphs=["dit", "vae_decoder"],
+        use_cuda_graphs=True,
+    )
     try:
         for graph in ("dit", "vae_decoder"):
             (name,) = [o["name"] for o in ort_runtime.manifest["graphs"][graph]["outputs"]]
             want = plain.run(graph, feeds[graph])[name]
             graphed.run(graph, feeds[graph])  # warm-up + capture
             scaled = {k: (v * 0.5 if k == "latents" else v) for k, v in feeds[graph].items()}
-            np.testing.assert_allclose(graphed.run(graph, scaled)[name], plain.run(graph, scaled)[name],
-                                       rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                graphed.run(graph, scaled)[name], plain.run(graph, scaled)[name], rtol=1e-5, atol=1e-5
+            )
             np.testing.assert_allclose(graphed.run(graph, feeds[graph])[name], want, rtol=1e-5, atol=1e-5)
         assert graphed.describe()["engines"]["dit"]["captured_cuda_graphs"] == 1
     finally:
@@ -209,9 +238,15 @@ def _next_logits(rt, image: np.ndarray, question: str, prefix: list[int]) -> np.
     cap = math.ceil(n / 64) * 64
     pos = np.arange(n, dtype=np.int64)
     cache_in = np.zeros((m["num_layers"], 2, 1, m["num_key_value_heads"], cap, m["head_dim"]), np.float32)
-    return rt.backend.run("llm_decode", {"inputs_embeds": embeds[None], "position_ids": pos[None],
-                                         "attention_mask": decode_mask(pos, cap), "kv_cache": cache_in})[
-        "logits"][0]
+    return rt.backend.run(
+        "llm_decode",
+        {
+            "inputs_embeds": embeds[None],
+            "position_ids": pos[None],
+            "attention_mask": decode_mask(pos, cap),
+            "kv_cache": cache_in,
+        },
+    )["logits"][0]
 
 
 def test_pipelines_end_to_end(engines: tuple[str, Path], trt_runtime, ort_runtime) -> None:
@@ -239,4 +274,3 @@ def test_pipelines_end_to_end(engines: tuple[str, Path], trt_runtime, ort_runtim
     top2 = np.sort(logits)[-2:]
     margin = top2[1] - top2[0]
     assert margin <= 1e-2 * float(np.abs(logits).max()), f"diverged at token {i} without a near-tie"
-

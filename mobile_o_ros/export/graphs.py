@@ -63,7 +63,7 @@ class LlmHiddenGraph(nn.Module):
         for layer in self.inner.layers:
             h = layer(h, attention_mask=mask, position_ids=position_ids, position_embeddings=(cos, sin))
             outs.append(h)
-        selected = [*outs[-self.num_out:-1], self.inner.norm(h)]
+        selected = [*outs[-self.num_out : -1], self.inner.norm(h)]
         return torch.stack(selected, dim=1)
 
 

@@ -43,9 +43,12 @@ class _DriverGraphs:
             raise BackendError(f"CUDA graphs need the CUDA driver library: {err}") from err
         vp = ctypes.c_void_p
         for fn, args in {
-            "cuStreamBeginCapture_v2": [vp, ctypes.c_int], "cuStreamEndCapture": [vp, ctypes.POINTER(vp)],
+            "cuStreamBeginCapture_v2": [vp, ctypes.c_int],
+            "cuStreamEndCapture": [vp, ctypes.POINTER(vp)],
             "cuGraphInstantiateWithFlags": [ctypes.POINTER(vp), vp, ctypes.c_ulonglong],
-            "cuGraphLaunch": [vp, vp], "cuGraphExecDestroy": [vp], "cuGraphDestroy": [vp],
+            "cuGraphLaunch": [vp, vp],
+            "cuGraphExecDestroy": [vp],
+            "cuGraphDestroy": [vp],
         }.items():
             getattr(self.lib, fn).argtypes = args
 
@@ -160,8 +163,10 @@ class TensorRTBackend(Backend):
         """engines.json entries for ``selected``; raise with the build command when any is not fresh."""
         from mobile_o_ros.trt.builder import expected_keys
 
-        hint = (f"run `mobile-o build-engines {self.export_dir} {self.engine_dir} "
-                f"--precision {self.precision}` on this device")
+        hint = (
+            f"run `mobile-o build-engines {self.export_dir} {self.engine_dir} "
+            f"--precision {self.precision}` on this device"
+        )
         try:
             recorded = cache.load_engine_manifest(self.engine_dir)
         except cache.EngineCacheError as err:
@@ -191,6 +196,7 @@ class TensorRTBackend(Backend):
     def _deserialize(self, runtime: Any, path: Path) -> Any:
         trt = self._trt
         if hasattr(trt, "IStreamReader"):
+
             class _Reader(trt.IStreamReader):
                 def __init__(self, fh: Any) -> None:
                     trt.IStreamReader.__init__(self)
@@ -226,9 +232,15 @@ class TensorRTBackend(Backend):
                 ranges.append({n: (tuple(s[0]), tuple(s[2])) for n, s in shapes.items()})
             record = records[graph]
             self._engines[graph] = _Engine(
-                graph, file, engine, inputs, [n for n in names if n not in inputs],
-                {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}, ranges or [{}],
-                buckets=tuple(record.get("dit_buckets") or ()), size_bytes=int(record.get("size_bytes", 0)),
+                graph,
+                file,
+                engine,
+                inputs,
+                [n for n in names if n not in inputs],
+                {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names},
+                ranges or [{}],
+                buckets=tuple(record.get("dit_buckets") or ()),
+                size_bytes=int(record.get("size_bytes", 0)),
             )
         scratch = max((int(e.engine.device_memory_size) for e in self._engines.values()), default=0)
         self._scratch = cuda.mem_alloc(max(scratch, 1))
@@ -337,16 +349,27 @@ class TensorRTBackend(Backend):
     def describe(self) -> dict[str, Any]:
         """TensorRT version, GPU, engines, shared scratch and I/O memory (+ free GPU memory on the owner)."""
         info: dict[str, Any] = {
-            "backend": self.name, "version": getattr(self._trt, "__version__", "?"), "gpu": self._env.gpu,
-            "compute_capability": self._env.compute_capability, "l4t": self._env.l4t,
-            "engine_dir": str(self.engine_dir), "precision": self.precision,
+            "backend": self.name,
+            "version": getattr(self._trt, "__version__", "?"),
+            "gpu": self._env.gpu,
+            "compute_capability": self._env.compute_capability,
+            "l4t": self._env.l4t,
+            "engine_dir": str(self.engine_dir),
+            "precision": self.precision,
             "cuda_graphs": self.use_cuda_graphs,
             "shared_device_memory_bytes": getattr(self, "scratch_bytes", 0),
             "io_buffer_bytes": sum(sum(e.capacity.values()) for e in self._engines.values()),
-            "engines": {g: {"file": e.file, "size_bytes": e.size_bytes, "profiles": len(e.contexts),
-                            "device_memory_bytes": int(e.engine.device_memory_size),
-                            "captured_cuda_graphs": sum(1 for v in e.cuda_graphs.values() if v),
-                            "dit_buckets": list(e.buckets)} for g, e in self._engines.items()},
+            "engines": {
+                g: {
+                    "file": e.file,
+                    "size_bytes": e.size_bytes,
+                    "profiles": len(e.contexts),
+                    "device_memory_bytes": int(e.engine.device_memory_size),
+                    "captured_cuda_graphs": sum(1 for v in e.cuda_graphs.values() if v),
+                    "dit_buckets": list(e.buckets),
+                }
+                for g, e in self._engines.items()
+            },
         }
         if threading.get_ident() == self._owner and not self._closed:
             self._context.push()

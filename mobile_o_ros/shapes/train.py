@@ -12,8 +12,10 @@ shallow. Stages (facts §8, scaled down to minutes):
     preprocessing (black pad, bicubic to 1024, [0, 1]) spliced as 256 tokens at the −200 placeholder,
     cross-entropy on the answer tokens and ``<|im_end|>``.
 (c0) **caption binding**: LLM + MCP, text only: at each position word of a caption a throw-away linear
-    head reads the colour, shape and size of the object placed there (see :func:`bind_captions`).
-(c) **DiT + MCP** with the VLM frozen: rectified flow on captions, ``x_t = (1−σ)x0 + σε``, target ``ε − x0``,
+    head reads the colour, shape and size of the object placed there and which position the word names
+    (see :func:`bind_captions`).
+(c) **DiT** with the VLM and the MCP frozen (the MCP keeps what (c0) taught it): rectified flow on captions,
+    ``x_t = (1−σ)x0 + σε``, target ``ε − x0``,
     ``σ = t/1000`` with t uniform in 1..1000, unweighted MSE; the prompt is ``prompts.generation_prompt``,
     the MCP sees hidden_states[-4:] at each prompt's true length (it is not padding-invariant), the DiT a
     padded batch with ``encoder_attention_mask``. The unconditional branch (all-zero hidden states through
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import math
 import random
@@ -91,7 +94,7 @@ class Recipe:
     bind_batch: int = 32
     bind_lr: float = 3e-3
     bind_llm_lr: float = 3e-3
-    # (c) DiT + MCP
+    # (c) DiT (+ MCP if dit_train_mcp)
     dit_steps: int = 600
     dit_batch: int = 32
     dit_lr: float = 2e-3
@@ -99,6 +102,7 @@ class Recipe:
     train_shift: float = 3.0
     high_noise: float = 0.5
     dit_train_llm: bool = False
+    dit_train_mcp: bool = False  # False keeps the binding that (c0) taught the MCP; (d) trains it again
     layout_weight: float = 0.5  # dense layout CE on a DiT block (LayoutProbe), stages (c) and (d)
     layout_block: int = 2
     # (d) joint
@@ -700,11 +704,16 @@ class LayoutProbe:
 _SIZE_CLASSES = world.SIZES
 
 
+#: Position classes of the caption-binding head (which named position a position word is).
+_POSITION_CLASSES = tuple(world.POSITIONS)
+
+
 def binding_targets(
     tok: PromptTokens, ids: Sequence[int], scene: world.Scene
-) -> list[tuple[int, int, int, int]]:
-    """(token index, colour, shape, size class) for every position word of a caption prompt: the object that
-    the caption places there. Every position name is one token of the shapes tokenizer."""
+) -> list[tuple[int, int, int, int, int]]:
+    """(token index, colour, shape, size class, position class) for every position word of a caption
+    prompt: the object that the caption places there, and where. Every position name is one token of the
+    shapes tokenizer."""
     words = {tok.tok.token_to_id("Ġ" + p): p for p in world.POSITIONS}
     out = []
     for j, t in enumerate(ids):
@@ -716,6 +725,7 @@ def binding_targets(
                     _COLOUR_CLASSES.index(o.colour),
                     _SHAPE_CLASSES.index(o.shape),
                     list(_SIZE_CLASSES).index(o.size),
+                    _POSITION_CLASSES.index(words[t]),
                 )
             )
     return out
@@ -726,7 +736,8 @@ def bind_captions(
 ) -> StageReport:
     """Stage (c0): LLM + MCP on binding a caption's words, text only. At each position word ("top", "left",
     ...) a throw-away linear head must read, from the MCP's output token, the colour, shape and size of the
-    object the caption puts there.
+    object the caption puts there, and which position the word names (so that a DiT cell can find the
+    token for its own region by cross-attention).
 
     Generation needs that binding: a DiT latent cell finds the caption token for its region by
     cross-attention and must get the attributes from that same token. Measured on this model: a DiT trained
@@ -737,7 +748,10 @@ def bind_captions(
     model.llm.train()
     model.mcp.train()
     nc, ns = len(_COLOUR_CLASSES), len(_SHAPE_CLASSES)
-    head = torch.nn.Linear(model.mcp.fusion.output_proj[0].out_features, nc + ns + len(_SIZE_CLASSES))
+    nz = len(_SIZE_CLASSES)
+    head = torch.nn.Linear(
+        model.mcp.fusion.output_proj[0].out_features, nc + ns + nz + len(_POSITION_CLASSES)
+    )
     lw = [model.mcp.fusion.layer_weights]
     rest = [p for p in _params(model.mcp, head) if p is not lw[0]]
     groups = [
@@ -761,7 +775,8 @@ def bind_captions(
         cond, _, _ = _cond_from_seqs(model, seqs, 0.0, rng, train_llm=True)
         target = torch.tensor(rows)
         logits = head(cond[target[:, 0], target[:, 1]])
-        parts = (logits[:, :nc], logits[:, nc : nc + ns], logits[:, nc + ns :])
+        cuts = np.cumsum([0, nc, ns, nz, len(_POSITION_CLASSES)])
+        parts = [logits[:, a:b] for a, b in itertools.pairwise(cuts)]
         loss = sum(F.cross_entropy(lo, target[:, 2 + i]) for i, lo in enumerate(parts))
         right = torch.stack([lo.argmax(1) == target[:, 2 + i] for i, lo in enumerate(parts)]).all(0)
         opt.zero_grad(set_to_none=True)
@@ -787,17 +802,19 @@ def bind_captions(
 def train_dit(
     model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, rng: random.Random, log: Log
 ) -> StageReport:
-    """Stage (c): DiT + MCP by rectified flow on captions, the VLM frozen."""
-    _set_trainable(model, ["mcp", "dit", "llm"] if recipe.dit_train_llm else ["mcp", "dit"])
+    """Stage (c): the DiT by rectified flow on captions, the VLM frozen; the MCP too unless
+    ``recipe.dit_train_mcp`` (measured: training it here let the flow loss wash out the binding that
+    stage (c0) taught it)."""
+    names = ["dit"] + (["mcp"] if recipe.dit_train_mcp else []) + (["llm"] if recipe.dit_train_llm else [])
+    _set_trainable(model, names)
     model.dit.train()
-    model.mcp.train()
-    lw = [model.mcp.fusion.layer_weights]
-    rest = [p for p in _params(model.mcp, model.dit) if p is not lw[0]]
     layout = LayoutProbe(model, recipe.layout_block)
-    groups = [
-        {"params": rest + layout.parameters()},
-        {"params": lw, "lr": recipe.dit_lr * 10, "weight_decay": 0.0},
-    ]
+    groups: list[dict[str, Any]] = [{"params": _params(model.dit) + layout.parameters()}]
+    if recipe.dit_train_mcp:
+        model.mcp.train()
+        lw = [model.mcp.fusion.layer_weights]
+        groups[0]["params"] += [p for p in _params(model.mcp) if p is not lw[0]]
+        groups.append({"params": lw, "lr": recipe.dit_lr * 10, "weight_decay": 0.0})
     if recipe.dit_train_llm:
         model.llm.train()
         groups.append({"params": _params(model.llm), "lr": recipe.joint_llm_lr})

@@ -389,4 +389,3 @@ def language_corpus(count: int = 1500, seed: int = 0) -> list[str]:
         if len(scene.objects) > 1 or rng.random() < 0.5:
             lines.append(prompts.edit_prompt(make_edit(scene, rng).instruction))
     return lines
-

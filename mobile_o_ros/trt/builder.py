@@ -60,17 +60,24 @@ def check_lm_head(manifest: dict[str, Any], precision: str, target: str, log: Lo
     largest, needed = lm_head_chunk_bytes(manifest, precision)
     if largest <= LM_HEAD_CHUNK_LIMIT:
         return
-    msg = (f"the LM head's largest chunk is {largest / 2**20:.0f} MiB in {precision}, above the "
-           f"{LM_HEAD_CHUNK_LIMIT >> 20} MiB that fits Jetson's 256 MiB CMA; re-export with "
-           f"`mobile-o export CHECKPOINT OUT --lm-head-chunks {needed}`")
+    msg = (
+        f"the LM head's largest chunk is {largest / 2**20:.0f} MiB in {precision}, above the "
+        f"{LM_HEAD_CHUNK_LIMIT >> 20} MiB that fits Jetson's 256 MiB CMA; re-export with "
+        f"`mobile-o export CHECKPOINT OUT --lm-head-chunks {needed}`"
+    )
     if target == "orin-nano":
         raise cache.EngineCacheError(msg)
     log(f"warning: {msg} (ignored for target {target})")
 
 
 def expected_keys(
-    export_dir: str | Path, manifest: dict[str, Any], precision: str, target: str, env: cache.Environment,
-    graphs: list[str] | None = None, verify: bool = False,
+    export_dir: str | Path,
+    manifest: dict[str, Any],
+    precision: str,
+    target: str,
+    env: cache.Environment,
+    graphs: list[str] | None = None,
+    verify: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The cache key every engine of the export must have for this machine, precision and target."""
     t = prof.get_target(target)
@@ -78,8 +85,15 @@ def expected_keys(
     for graph in graphs or list(manifest["graphs"]):
         shapes = prof.shape_profiles(manifest["graphs"][graph], graph, t)
         digest = cache.graph_sha256(export_dir, manifest, graph, verify=verify)
-        keys[graph] = cache.engine_key(digest, env, precision, prec.policy_digest(),
-                                       prof.profiles_json(shapes), t.opt_level, t.workspace_bytes)
+        keys[graph] = cache.engine_key(
+            digest,
+            env,
+            precision,
+            prec.policy_digest(),
+            prof.profiles_json(shapes),
+            t.opt_level,
+            t.workspace_bytes,
+        )
     return keys
 
 
@@ -121,8 +135,13 @@ def _progress_monitor(trt: Any, log: Log, every_s: float = 30.0) -> Any:
 
 
 def _build_one(
-    onnx_path: Path, shapes: list[prof.ShapeProfile], precision: str, target: prof.Target,
-    node_rules: dict[str, str], timing_cache: Path, log: Log,
+    onnx_path: Path,
+    shapes: list[prof.ShapeProfile],
+    precision: str,
+    target: prof.Target,
+    node_rules: dict[str, str],
+    timing_cache: Path,
+    log: Log,
 ) -> tuple[Any, dict[str, str]]:
     """Parse, configure and build one serialized engine; returns (IHostMemory, pinned layer → rule)."""
     import tensorrt as trt
@@ -161,9 +180,11 @@ def _build_one(
 
 
 def _refusal(engine_dir: Path, problems: list[str], export_dir: Path, precision: str, target: str) -> str:
-    return (f"engines in {engine_dir} are not usable: {'; '.join(problems)}. Build them on the target "
-            f"device with `mobile-o build-engines {export_dir} {engine_dir} --precision {precision} "
-            f"--target {target}`")
+    return (
+        f"engines in {engine_dir} are not usable: {'; '.join(problems)}. Build them on the target "
+        f"device with `mobile-o build-engines {export_dir} {engine_dir} --precision {precision} "
+        f"--target {target}`"
+    )
 
 
 def build_engines(
@@ -201,16 +222,21 @@ def build_engines(
     recorded = cache.load_engine_manifest(engine_dir)
     statuses = {g: cache.check(engine_dir, g, precision, keys[g], manifest=recorded) for g in selected}
     if no_build:
-        problems = [f"{cache.engine_filename(g, precision)} {s.state} ({s.reason})"
-                    for g, s in statuses.items() if not s.fresh]
+        problems = [
+            f"{cache.engine_filename(g, precision)} {s.state} ({s.reason})"
+            for g, s in statuses.items()
+            if not s.fresh
+        ]
         if problems:
             raise cache.EngineCacheError(_refusal(engine_dir, problems, export_dir, precision, t.name))
         return [EngineResult(g, cache.engine_filename(g, precision), "fresh") for g in selected]
 
     engine_dir.mkdir(parents=True, exist_ok=True)
     timing_cache = engine_dir / f"timing-trt{env.tensorrt}-sm{env.compute_capability}.cache"
-    log(f"TensorRT {env.tensorrt} on {env.gpu} (sm {env.compute_capability}, L4T {env.l4t}); {precision}, "
-        f"target {t.name}: {t.description}; engines in {engine_dir}")
+    log(
+        f"TensorRT {env.tensorrt} on {env.gpu} (sm {env.compute_capability}, L4T {env.l4t}); {precision}, "
+        f"target {t.name}: {t.description}; engines in {engine_dir}"
+    )
     results = []
     for graph in selected:
         name, status = cache.engine_filename(graph, precision), statuses[graph]
@@ -237,15 +263,27 @@ def build_engines(
         del blob
         gc.collect()
         (engine_dir / f"{graph}.{precision}.fp32_layers.txt").write_text(
-            "".join(f"{layer}\t{rule}\n" for layer, rule in sorted(pinned.items())))
+            "".join(f"{layer}\t{rule}\n" for layer, rule in sorted(pinned.items()))
+        )
         cache.record_engine(
-            engine_dir, graph, precision, keys[graph], size, digest, target=t.name,
-            dit_buckets=list(t.dit_buckets) if graph == "dit" else [], build_seconds=round(seconds, 1),
-            fp32_layers=prec.summarize(pinned), onnx_fp32_nodes=len(node_rules), export_dir=str(export_dir),
+            engine_dir,
+            graph,
+            precision,
+            keys[graph],
+            size,
+            digest,
+            target=t.name,
+            dit_buckets=list(t.dit_buckets) if graph == "dit" else [],
+            build_seconds=round(seconds, 1),
+            fp32_layers=prec.summarize(pinned),
+            onnx_fp32_nodes=len(node_rules),
+            export_dir=str(export_dir),
         )
         summary = ", ".join(f"{r} {n}" for r, n in prec.summarize(pinned).items()) or "none"
-        log(f"{name}: built in {seconds:.0f} s, {size / 2**20:.1f} MiB; {len(pinned)} layers kept in fp32 "
-            f"({summary}; {len(node_rules)} ONNX nodes matched)")
+        log(
+            f"{name}: built in {seconds:.0f} s, {size / 2**20:.1f} MiB; {len(pinned)} layers kept in fp32 "
+            f"({summary}; {len(node_rules)} ONNX nodes matched)"
+        )
         if node_rules and not pinned:
             log(f"  warning: no TensorRT layer maps back to the {len(node_rules)} fp32 ONNX nodes of {graph}")
         results.append(EngineResult(graph, name, "built", round(seconds, 1), len(pinned), size))

@@ -31,8 +31,17 @@ FORMAT = "mobile_o_ros.engines"
 VERSION = 1
 KEY_VERSION = 1
 KEY_FIELDS = (
-    "key_version", "onnx_sha256", "tensorrt", "gpu", "compute_capability", "l4t", "precision",
-    "precision_policy", "profiles", "opt_level", "workspace_bytes",
+    "key_version",
+    "onnx_sha256",
+    "tensorrt",
+    "gpu",
+    "compute_capability",
+    "l4t",
+    "precision",
+    "precision_policy",
+    "profiles",
+    "opt_level",
+    "workspace_bytes",
 )
 ENV_VAR = "MOBILE_O_ENGINE_DIR"
 L4T_RELEASE_FILE = Path("/etc/nv_tegra_release")
@@ -154,14 +163,26 @@ def graph_sha256(export_dir: str | Path, manifest: dict[str, Any], graph: str, v
 
 
 def engine_key(
-    onnx_sha256: str, env: Environment, precision: str, precision_policy: str, profiles: list[Any],
-    opt_level: int, workspace_bytes: int,
+    onnx_sha256: str,
+    env: Environment,
+    precision: str,
+    precision_policy: str,
+    profiles: list[Any],
+    opt_level: int,
+    workspace_bytes: int,
 ) -> dict[str, Any]:
     """The cache key of one engine (a JSON-able dict with exactly :data:`KEY_FIELDS`)."""
     return {
-        "key_version": KEY_VERSION, "onnx_sha256": onnx_sha256, "tensorrt": env.tensorrt, "gpu": env.gpu,
-        "compute_capability": env.compute_capability, "l4t": env.l4t, "precision": precision,
-        "precision_policy": precision_policy, "profiles": profiles, "opt_level": int(opt_level),
+        "key_version": KEY_VERSION,
+        "onnx_sha256": onnx_sha256,
+        "tensorrt": env.tensorrt,
+        "gpu": env.gpu,
+        "compute_capability": env.compute_capability,
+        "l4t": env.l4t,
+        "precision": precision,
+        "precision_policy": precision_policy,
+        "profiles": profiles,
+        "opt_level": int(opt_level),
         "workspace_bytes": int(workspace_bytes),
     }
 
@@ -229,21 +250,37 @@ def write_engine(engine_dir: str | Path, filename: str, blob: Any) -> tuple[int,
 
 
 def record_engine(
-    engine_dir: str | Path, graph: str, precision: str, key: dict[str, Any], size: int, sha256: str,
+    engine_dir: str | Path,
+    graph: str,
+    precision: str,
+    key: dict[str, Any],
+    size: int,
+    sha256: str,
     **extra: Any,
 ) -> dict[str, Any]:
     """Add or replace the entry of ``<graph>.<precision>.engine`` in ``engines.json``; returns the entry."""
     data = load_engine_manifest(engine_dir)
-    entry = {"graph": graph, "precision": precision, "key": key, "size_bytes": int(size), "sha256": sha256,
-             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    entry = {
+        "graph": graph,
+        "precision": precision,
+        "key": key,
+        "size_bytes": int(size),
+        "sha256": sha256,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
     data["engines"][engine_filename(graph, precision)] = entry
     save_engine_manifest(engine_dir, data)
     return entry
 
 
 def check(
-    engine_dir: str | Path, graph: str, precision: str, expected_key: dict[str, Any],
-    verify_file: bool = False, manifest: dict[str, Any] | None = None,
+    engine_dir: str | Path,
+    graph: str,
+    precision: str,
+    expected_key: dict[str, Any],
+    verify_file: bool = False,
+    manifest: dict[str, Any] | None = None,
 ) -> CacheStatus:
     """Is ``<graph>.<precision>.engine`` in ``engine_dir`` usable for ``expected_key``?"""
     engine_dir = Path(engine_dir)

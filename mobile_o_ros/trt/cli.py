@@ -30,8 +30,15 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
     if args.force and args.no_build:
         raise CliError("--force and --no-build contradict each other")
     try:
-        results = build_engines(export_dir, engine_dir, precision=args.precision, target=args.target,
-                                force=args.force, no_build=args.no_build, graphs=args.only)
+        results = build_engines(
+            export_dir,
+            engine_dir,
+            precision=args.precision,
+            target=args.target,
+            force=args.force,
+            no_build=args.no_build,
+            graphs=args.only,
+        )
     except EngineCacheError as err:
         raise CliError(str(err), EXIT_FAILURE) from err
     built = sum(r.status == "built" for r in results)
@@ -42,21 +49,38 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
 def add_build_engines_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``build-engines EXPORT_DIR [ENGINE_DIR] [--precision] [--target] [--force] [--no-build]``."""
     p = subparsers.add_parser(
-        "build-engines", help="build (or check) TensorRT engines for an export folder on this GPU",
+        "build-engines",
+        help="build (or check) TensorRT engines for an export folder on this GPU",
         description="Build one TensorRT engine per exported graph, reusing cached engines whose key (ONNX "
-                    "sha256, TensorRT, GPU, L4T, precision, profiles, builder settings) still matches.",
+        "sha256, TensorRT, GPU, L4T, precision, profiles, builder settings) still matches.",
     )
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="folder written by `mobile-o export`")
-    p.add_argument("engine_dir", metavar="ENGINE_DIR", nargs="?", default=None,
-                   help="where engines and engines.json go (default: $MOBILE_O_ENGINE_DIR, the repo's "
-                        "engines/, or ~/.cache/mobile_o_ros/engines; one sub-folder per model)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                   help="fp16 (default; sensitive layers kept fp32), bf16, or fp32")
-    p.add_argument("--target", choices=tuple(TARGETS), default="orin-nano",
-                   help="shape ranges and builder resources (default orin-nano)")
+    p.add_argument(
+        "engine_dir",
+        metavar="ENGINE_DIR",
+        nargs="?",
+        default=None,
+        help="where engines and engines.json go (default: $MOBILE_O_ENGINE_DIR, the repo's "
+        "engines/, or ~/.cache/mobile_o_ros/engines; one sub-folder per model)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp16",
+        help="fp16 (default; sensitive layers kept fp32), bf16, or fp32",
+    )
+    p.add_argument(
+        "--target",
+        choices=tuple(TARGETS),
+        default="orin-nano",
+        help="shape ranges and builder resources (default orin-nano)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even engines that are up to date")
-    p.add_argument("--no-build", action="store_true",
-                   help="only check: fail with the reason if any engine is missing or stale")
+    p.add_argument(
+        "--no-build",
+        action="store_true",
+        help="only check: fail with the reason if any engine is missing or stale",
+    )
     p.add_argument("--only", nargs="+", default=None, metavar="GRAPH", help="only these graphs")
     p.set_defaults(func=cmd_build_engines)
     return p

@@ -60,8 +60,11 @@ RULES: tuple[Rule, ...] = (
     Rule("sana_time_embedding", ("dit",), scope=r"/time_embed/emb/(time_proj/)?[^/]+$"),
     Rule("rotary_embedding", _LLM, scope=r"/rotary_emb/"),
     Rule("dcae_linear_attention", ("vae_decoder",), scope=r"/attn/(nonlinearity[^/]*/)?[^/]+$"),
-    Rule("norm_reduction", None,
-         op_types=frozenset({"ReduceMean", "Pow", "Sqrt", "Reciprocal", "Softmax", "LayerNormalization"})),
+    Rule(
+        "norm_reduction",
+        None,
+        op_types=frozenset({"ReduceMean", "Pow", "Sqrt", "Reciprocal", "Softmax", "LayerNormalization"}),
+    ),
     Rule("norm_scope", None, scope=r"/[^/]*norm[^/]*/[^/]+$"),
 )
 
@@ -75,9 +78,10 @@ def check_precision(precision: str) -> str:
 
 def policy_digest() -> str:
     """A short hash of the rules and POLICY_VERSION (engine cache key field ``precision_policy``)."""
-    text = json.dumps([POLICY_VERSION] + [
-        [r.name, r.graphs, r.scope, sorted(r.op_types) if r.op_types else None] for r in RULES
-    ])
+    text = json.dumps(
+        [POLICY_VERSION]
+        + [[r.name, r.graphs, r.scope, sorted(r.op_types) if r.op_types else None] for r in RULES]
+    )
     return f"v{POLICY_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -110,8 +114,11 @@ def _onnx_dtypes(model) -> dict[str, str]:
             for a in n.attribute:
                 if a.name == "value":
                     types[n.output[0]] = a.t.data_type
-    return {k: helper.tensor_dtype_to_np_dtype(v).name if v != onnx.TensorProto.BFLOAT16 else "bfloat16"
-            for k, v in types.items() if v}
+    return {
+        k: helper.tensor_dtype_to_np_dtype(v).name if v != onnx.TensorProto.BFLOAT16 else "bfloat16"
+        for k, v in types.items()
+        if v
+    }
 
 
 def fp32_node_rules(onnx_model: Any, graph: str | None = None, precision: str = "fp16") -> dict[str, str]:

@@ -55,13 +55,21 @@ class Target:
 
 TARGETS: dict[str, Target] = {
     "orin-nano": Target(
-        "orin-nano", "Jetson Orin Nano 8 GB (JetPack 6, TensorRT 10.3): 1 GiB workspace, level 3",
-        workspace_bytes=1 << 30, opt_level=3, max_prompt=512, kv_capacity=1024,
+        "orin-nano",
+        "Jetson Orin Nano 8 GB (JetPack 6, TensorRT 10.3): 1 GiB workspace, level 3",
+        workspace_bytes=1 << 30,
+        opt_level=3,
+        max_prompt=512,
+        kv_capacity=1024,
         dit_buckets=(64, 128, 256, 512),
     ),
     "desktop": Target(
-        "desktop", "a desktop/server GPU: 4 GiB workspace, level 4, longer prompts",
-        workspace_bytes=4 << 30, opt_level=4, max_prompt=1024, kv_capacity=2048,
+        "desktop",
+        "a desktop/server GPU: 4 GiB workspace, level 4, longer prompts",
+        workspace_bytes=4 << 30,
+        opt_level=4,
+        max_prompt=1024,
+        kv_capacity=2048,
         dit_buckets=(64, 128, 256, 512, 1024),
     ),
 }
@@ -132,7 +140,8 @@ def profiles_json(profiles: list[ShapeProfile]) -> list[dict[str, list[list[int]
 
 
 def select_profile(
-    ranges: list[dict[str, tuple[tuple[int, ...], tuple[int, ...]]]], shapes: dict[str, tuple[int, ...]],
+    ranges: list[dict[str, tuple[tuple[int, ...], tuple[int, ...]]]],
+    shapes: dict[str, tuple[int, ...]],
     graph: str = "graph",
 ) -> int:
     """Index of the first profile whose (min, max) shapes contain every given input shape.
@@ -141,7 +150,8 @@ def select_profile(
     """
     for index, profile in enumerate(ranges):
         if all(
-            name not in profile or (
+            name not in profile
+            or (
                 len(shape) == len(profile[name][0])
                 and all(lo <= s <= hi for s, lo, hi in zip(shape, *profile[name], strict=True))
             )
