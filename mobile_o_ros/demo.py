@@ -43,6 +43,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MOBILE_O_CACHE", Path.home() / ".cache" / "mobile_o_ros"))
 
 
+def _ask_when_frame_arrives(client: Any, question: str, wait_s: float = 30.0) -> Any:
+    """Ask about the demo camera; while the node has not received its first frame yet (DDS discovery
+    takes a moment after start-up), wait and ask again, up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        resp = client.ask(question, camera=CAMERA_TOPIC, timeout=300)
+        waiting = not resp.success and resp.message.startswith("no frame received yet")
+        if not waiting or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.2)
+
+
 def embedded_checkpoint() -> tuple[Path, str]:
     """The embedded shapes model when shipped, else a tiny random checkpoint (made once, cached)."""
     try:
@@ -364,7 +376,7 @@ def run_demo(out_dir: Path, model: str | None = None, steps: int = 20) -> int:
             for question, expected in scene.qa[: max(1, NUM_QUESTIONS // len(scenes))]:
                 if asked >= NUM_QUESTIONS:
                     break
-                resp = client.ask(question, camera=CAMERA_TOPIC, timeout=300)
+                resp = _ask_when_frame_arrives(client, question)
                 asked += 1
                 shown = camera.scene_of(resp.image_header)
                 frame = _save(
