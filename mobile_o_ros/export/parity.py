@@ -98,7 +98,7 @@ def graph_parity(
     gen = torch.Generator().manual_seed(seed)
     results: dict[str, dict[str, Any]] = {}
 
-    pixels = reference_preprocess(test_image())
+    pixels = reference_preprocess(test_image(), size=model.config.image_size)
     ref = graphs.VisionGraph(model)(pixels)
     results["vision"] = {
         "image_embeds": compare(_t2n(ref), run("vision", {"images": _t2n(pixels)})["image_embeds"])
@@ -241,7 +241,7 @@ def _compare_graph(name: str, parts, backend) -> dict[str, Any]:
     cfg = parts.config
     run = backend.run
     if name == "vision":
-        pixels = reference_preprocess(test_image())
+        pixels = reference_preprocess(test_image(), size=cfg.image_size)
         ref = parts.mm_projector(parts.vision(pixels))
         return {"image_embeds": compare(_t2n(ref), run("vision", {"images": _t2n(pixels)})["image_embeds"])}
     if name in ("llm_hidden", "llm_decode"):

@@ -75,7 +75,7 @@ class ReferencePipeline:
         text_embeds = self.model.embed_tokens(text_ids[None])[0]
         if image is None:
             return text_embeds[None]
-        pixels = reference_preprocess(image)
+        pixels = reference_preprocess(image, size=self.config.image_size)
         image_embeds = self.model.encode_images(pixels)[0].to(text_embeds.dtype)
         cut = ids.index(prompts.IMAGE_TOKEN_INDEX)
         return torch.cat([text_embeds[:cut], image_embeds, text_embeds[cut:]], dim=0)[None]

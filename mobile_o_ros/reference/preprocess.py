@@ -46,9 +46,14 @@ def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Im
 
 
 def reference_preprocess(
-    image: Image.Image | np.ndarray, processor: CLIPImageProcessor | None = None
+    image: Image.Image | np.ndarray,
+    processor: CLIPImageProcessor | None = None,
+    size: int = IMAGE_SIZE,
 ) -> torch.FloatTensor:
-    """Oracle preprocessing of one RGB image (PIL or uint8 HxWx3) -> float32 [1, 3, 1024, 1024].
+    """Oracle preprocessing of one RGB image (PIL or uint8 HxWx3) -> float32 [1, 3, size, size].
+
+    ``size`` is the vision tower's input side (1024 for the released model; a model config's
+    ``image_size``); it is ignored when a ``processor`` is given.
 
     ``input_data_format`` is passed explicitly as channels-last: LLaVA leaves it to inference, which
     misreads images whose padded side is 1 or 3 pixels as channels-first; for every other size the result
@@ -57,7 +62,7 @@ def reference_preprocess(
     pil = Image.fromarray(np.asarray(image, dtype=np.uint8)) if isinstance(image, np.ndarray) else image
     if pil.width == 0 or pil.height == 0:
         raise ValueError("empty image")
-    processor = processor or make_image_processor()
+    processor = processor or make_image_processor(size)
     background = tuple(int(x * 255) for x in processor.image_mean)
     square = expand2square(pil.convert("RGB"), background)
     out = processor.preprocess(square, return_tensors="pt", input_data_format=ChannelDimension.LAST)
