@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("generate", help="generate a 512x512 image from a prompt")
+    p = sub.add_parser("generate", help="generate an image from a prompt (512x512 with the released model)")
     p.add_argument("model")
     p.add_argument("prompt")
     _add_gen_options(p)

@@ -602,7 +602,8 @@ class MobileONode(LifecycleNode):
         return resp
 
     def _on_generate_srv(self, req: Any, resp: Any) -> Any:
-        """GenerateImage service: a 512x512 rgb8 image, also published on generated_image."""
+        """GenerateImage service: an rgb8 image (512x512 for the released model), also published on
+        generated_image."""
         t0 = time.monotonic()
         try:
             prepared = self._prepare_generate(req, None)

@@ -213,7 +213,7 @@ class MobileORuntime:
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> ImageResult:
-        """Text to a 512×512 RGB image."""
+        """Text to an RGB image at the model's output size (512×512 for the released model)."""
         caption = validation.check_text(caption, "prompt")
         return self._image_task(
             prompts.generation_prompt(caption),
@@ -237,7 +237,8 @@ class MobileORuntime:
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> ImageResult:
-        """Image + instruction to a new 512×512 image (the source enters as 256 vision tokens)."""
+        """Image + instruction to a new image (the source enters as the vision tokens: 256 for the released
+        model)."""
         instruction = validation.check_text(instruction, "instruction")
         return self._image_task(
             prompts.edit_prompt(instruction),

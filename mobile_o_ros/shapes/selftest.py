@@ -4,8 +4,8 @@
   shape, count, position, yes/no) and overall.
 - **Generation**: captions of held-out scenes, images scored by :mod:`~mobile_o_ros.shapes.detector`
   GenEval-style (right shapes, colours, counts and positions; nothing extra), overall and by object count.
-- **Editing**: held-out edit triples (recolour, remove, move) from a 512 px source render; right when the
-  asked change happened and the rest stayed, per kind and overall.
+- **Editing**: held-out edit triples (recolour, remove, move) from a source render (:data:`RENDER_SIZE`);
+  right when the asked change happened and the rest stayed, per kind and overall.
 
 Every item uses fixed seeds and the same initial noise on every backend (drawn here with numpy and passed as
 ``latents``), so torch and ONNX Runtime runs are directly comparable. The default model is the embedded one
@@ -35,6 +35,8 @@ TARGETS = {"vqa": 0.90, "generation": 0.80, "editing": 0.70}
 VQA_OFFSET, GEN_OFFSET, EDIT_OFFSET = 0, 100_000, 200_000
 #: Default items: VQA questions per category, generation captions, edits per kind.
 DEFAULT_LIMITS = {"vqa": 100, "generation": 60, "editing": 20}
+#: Side of the camera-like renders the self-test shows the model (it resizes them to its own input size).
+RENDER_SIZE = 512
 
 Progress = Callable[[str], None]
 
@@ -43,15 +45,16 @@ class Engine(Protocol):
     """What the self-test needs from a backend."""
 
     name: str
+    latent_shape: tuple[int, ...]
 
     def answer(self, image: np.ndarray, question: str) -> str:
         """Greedy answer to a question about an RGB image."""
 
     def generate(self, caption: str, latents: np.ndarray) -> np.ndarray:
-        """A 512 px RGB image for a caption from the given initial noise [1, 32, 16, 16]."""
+        """An RGB image for a caption from the given initial noise [1, *latent_shape]."""
 
     def edit(self, image: np.ndarray, instruction: str, latents: np.ndarray) -> np.ndarray:
-        """An edited 512 px RGB image from the given initial noise."""
+        """An edited RGB image from the given initial noise."""
 
 
 @dataclass
@@ -63,6 +66,11 @@ class TorchEngine:
     guidance: float = 1.5
     max_new_tokens: int = 8
     name: str = "torch"
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of the DiT's latents."""
+        return tuple(self.pipeline.config.latent_shape)
 
     @classmethod
     def load(
@@ -107,6 +115,11 @@ class RuntimeEngine:
     guidance: float = 1.5
     max_new_tokens: int = 8
     name: str = "onnxruntime"
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of the DiT's latents (from the export manifest)."""
+        return tuple(self.runtime.latent_shape)
 
     @classmethod
     def load(cls, export_dir: Path, backend: str, steps: int = 20, guidance: float = 1.5) -> RuntimeEngine:
@@ -229,9 +242,9 @@ def editing_items(per_kind: int) -> list[world.Edit]:
     return out
 
 
-def noise(seed: int) -> np.ndarray:
-    """The initial latents of an item: standard normal [1, 32, 16, 16] fp32 from a numpy seed."""
-    return np.random.default_rng(seed).standard_normal((1, 32, 16, 16), dtype=np.float32)
+def noise(seed: int, latent_shape: tuple[int, ...]) -> np.ndarray:
+    """The initial latents of an item: standard normal [1, *latent_shape] fp32 from a numpy seed."""
+    return np.random.default_rng(seed).standard_normal((1, *latent_shape), dtype=np.float32)
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -245,7 +258,7 @@ def run_vqa(engine: Engine, per_category: int, progress: Progress | None = None)
     wrong: list[dict[str, str]] = []
     images: dict[int, np.ndarray] = {}
     for scene, q in vqa_items(per_category):
-        image = images.setdefault(scene.seed, world.render(scene, 512))
+        image = images.setdefault(scene.seed, world.render(scene, RENDER_SIZE))
         got = engine.answer(image, q.question).strip().lower()
         per[q.category].append(got == q.answer)
         if got != q.answer and len(wrong) < 10:
@@ -268,7 +281,7 @@ def run_generation(
     by_n: dict[str, list[bool]] = defaultdict(list)
     attrs: dict[str, list[float]] = defaultdict(list)
     for k, scene in enumerate(generation_items(count)):
-        image = engine.generate(world.caption(scene), noise(scene.seed))
+        image = engine.generate(world.caption(scene), noise(scene.seed, engine.latent_shape))
         s = score_generation(scene, image)
         by_n[f"{len(scene.objects)}_objects"].append(s.correct)
         for a in ("shapes", "colours", "positions", "sizes"):
@@ -294,8 +307,9 @@ def run_editing(
     changed: list[bool] = []
     kept: list[bool] = []
     for k, e in enumerate(editing_items(per_kind)):
-        source = world.render(e.source, 512)
-        image = engine.edit(source, e.instruction, noise(world.HELDOUT_SEED_BASE + EDIT_OFFSET + k))
+        source = world.render(e.source, RENDER_SIZE)
+        latents = noise(world.HELDOUT_SEED_BASE + EDIT_OFFSET + k, engine.latent_shape)
+        image = engine.edit(source, e.instruction, latents)
         s = score_edit(e, image)
         per[e.kind].append(s.correct)
         changed.append(s.changed)
@@ -303,7 +317,7 @@ def run_editing(
         if save_dir is not None and k % per_kind < 4:
             _save(
                 save_dir / f"edit_{k:02d}_{e.kind}_{'ok' if s.correct else 'bad'}.png",
-                np.concatenate([source, image], axis=1),
+                np.concatenate([world.render(e.source, image.shape[0]), image], axis=1),
             )
     out: dict[str, Any] = {kind: _rate(per[kind]) for kind in world.EDIT_KINDS}
     out["overall"] = _rate([v for vs in per.values() for v in vs])
