@@ -157,21 +157,22 @@ def _shapes_llm(vocab_size: int) -> dict[str, Any]:
         hidden_size=128,
         num_hidden_layers=4,
         num_attention_heads=4,
-        num_key_value_heads=2,
+        num_key_value_heads=4,  # no GQA at this width: measured to learn VQA faster
         intermediate_size=384,
     )
     return llm
 
 
 def _shapes_vision() -> dict[str, Any]:
+    # Four stages (stride 32) at 256 px: an 8×8 grid of 64 image tokens, 32 px of input per token.
     return {
-        "layers": [1, 1, 1, 1, 1],
-        "embed_dims": [8, 16, 32, 64, 64],
-        "mlp_ratios": [3.0, 3.0, 3.0, 3.0, 3.0],
-        "token_mixers": ["repmixer", "repmixer", "repmixer", "attention", "attention"],
-        "pos_embs": [None, None, None, "rcpe", "rcpe"],
+        "layers": [1, 1, 1, 1],
+        "embed_dims": [16, 32, 64, 128],
+        "mlp_ratios": [3.0, 3.0, 3.0, 3.0],
+        "token_mixers": ["repmixer", "repmixer", "attention", "attention"],
+        "pos_embs": [None, None, "rcpe", "rcpe"],
         "cls_ratio": 2.0,
-        "image_size": 1024,
+        "image_size": 256,
         "head_dim": 32,
         "head_proj_dim": 32,
     }
@@ -194,13 +195,18 @@ def _shapes_dit() -> dict[str, Any]:
 
 
 def _shapes_vae() -> dict[str, Any]:
+    # Four stages (f8): 128 px ↔ 32×16×16 latents.
     vae = _tiny_vae()
     vae.update(
         attention_head_dim=8,
-        decoder_block_out_channels=[16, 16, 32, 64, 64, 128],
-        encoder_block_out_channels=[16, 16, 32, 64, 64, 128],
-        decoder_layers_per_block=[0, 1, 1, 1, 1, 1],
-        encoder_layers_per_block=[0, 1, 1, 1, 1, 1],
+        decoder_block_out_channels=[8, 16, 32, 64],
+        encoder_block_out_channels=[8, 16, 32, 64],
+        decoder_layers_per_block=[0, 1, 1, 1],
+        encoder_layers_per_block=[0, 1, 1, 1],
+        decoder_block_types=["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock"],
+        encoder_block_types=["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock"],
+        decoder_qkv_multiscales=[[], [], [], [5]],
+        encoder_qkv_multiscales=[[], [], [], [5]],
     )
     return vae
 
@@ -224,9 +230,10 @@ def _vae() -> dict[str, Any]:
 def preset(name: str, vocab_size: int | None = None) -> MobileOConfig:
     """Build a named configuration: ``real-0.5b``, ``real-1.5b``, ``tiny`` or ``shapes``.
 
-    ``shapes`` is the embedded demo model (:mod:`mobile_o_ros.shapes`): the real module types and
-    resolutions (1024 px in, 256 image tokens, 32×16×16 latents, 512 px out), narrow and shallow enough to
-    train on a CPU; its VAE ``scaling_factor`` is re-measured by training.
+    ``shapes`` is the embedded demo model (:mod:`mobile_o_ros.shapes`): the real module types, narrow and
+    shallow enough to train on a CPU, at reduced resolutions (256 px in → 64 image tokens through a
+    four-stage FastViT; 32×16×16 latents → 128 px out through a four-stage f8 DC-AE); its VAE
+    ``scaling_factor`` is re-measured by training.
 
     ``vocab_size`` overrides the LLM's row count (the checkpoint's embedding rows are authoritative).
     """
@@ -271,11 +278,13 @@ def preset(name: str, vocab_size: int | None = None) -> MobileOConfig:
             name=name,
             llm=_shapes_llm(vocab_size or 1024),
             vision=_shapes_vision(),
-            mm_hidden_size=128,
+            mm_hidden_size=256,
             mcp=MCPConfig(input_dim=128, hidden_dim=128, output_dim=256),
             dit=_shapes_dit(),
             vae=_shapes_vae(),
             scheduler=_scheduler(),
+            image_size=256,
+            num_image_tokens=64,
             defaults=Defaults(max_new_tokens=8),
         )
     else:

@@ -37,14 +37,15 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 #: Named positions: centre (x, y) as fractions of the image side.
 POSITIONS: dict[str, tuple[float, float]] = {
-    "left": (0.2, 0.5),
-    "right": (0.8, 0.5),
-    "top": (0.5, 0.2),
-    "bottom": (0.5, 0.8),
+    "left": (0.18, 0.5),
+    "right": (0.82, 0.5),
+    "top": (0.5, 0.18),
+    "bottom": (0.5, 0.82),
     "centre": (0.5, 0.5),
 }
 #: Named sizes: half-extent (radius, half side) as a fraction of the image side.
-SIZES: dict[str, float] = {"small": 0.085, "large": 0.125}
+#: (Large enough that a 128 px render shows every shape's corners through the f8 autoencoder.)
+SIZES: dict[str, float] = {"small": 0.10, "large": 0.14}
 #: How positions read in captions and questions.
 POSITION_PHRASES: dict[str, str] = {
     "left": "on the left",
