@@ -506,12 +506,19 @@ def _label_heads(grid: int) -> list[int]:
     ]
 
 
+def _balanced_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean CE over the object tokens (label > 0) plus mean CE over the background tokens: with a plain
+    mean the ~85% background tokens dominate."""
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    obj = labels > 0
+    loss = ce[~obj].mean() if bool((~obj).any()) else ce.sum() * 0
+    return loss + ce[obj].mean() if bool(obj.any()) else loss
+
+
 def dense_loss(logits: torch.Tensor, labels: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed CE of the :func:`token_labels` heads (logits [B, N, sum(heads)], labels [B, N, 7]) and, per
-    object token, whether all four object attributes are right.
-
-    The object attributes (first four columns) average the object tokens' and the background tokens'
-    CE separately: with a plain mean the ~85% background tokens dominate."""
+    object token, whether all four object attributes are right. The object attributes (first four
+    columns) use :func:`_balanced_ce`."""
     loss = logits.new_zeros(())
     right = []
     off = 0
@@ -519,12 +526,11 @@ def dense_loss(logits: torch.Tensor, labels: torch.Tensor, grid: int) -> tuple[t
     for j, n in enumerate(_label_heads(grid)):
         lo = logits[..., off : off + n]
         off += n
-        ce = F.cross_entropy(lo.flatten(0, 1), labels[..., j].flatten(), reduction="none").view(obj.shape)
         if j < 4:
-            loss = loss + (ce[obj].mean() if bool(obj.any()) else 0) + ce[~obj].mean()
+            loss = loss + _balanced_ce(lo.flatten(0, 1), labels[..., j].flatten())
             right.append((lo.argmax(-1) == labels[..., j])[obj])
         else:
-            loss = loss + ce.mean()
+            loss = loss + F.cross_entropy(lo.flatten(0, 1), labels[..., j].flatten())
     return loss, torch.stack(right).all(0)
 
 
