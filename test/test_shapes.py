@@ -203,7 +203,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_quick_recipe_losses_fall_in_every_stage(quick_run: tuple[Path, dict]) -> None:
     _, report = quick_run
-    assert set(report["stages"]) == {"autoencoder", "vision", "vqa", "dit", "joint"}
+    assert set(report["stages"]) == {"autoencoder", "vision", "vqa", "conditioning", "dit", "joint"}
     for name, stage in report["stages"].items():
         assert stage["loss_last"] < stage["loss_first"], (name, stage)
     assert report["stages"]["vision"]["object_tokens_right_last"] >= 0.0  # reported (speed: not a test)
@@ -287,6 +287,72 @@ def test_token_labels_follow_the_render() -> None:
     assert set(labels[labels[:, 0] > 0, 3]) == {_POSITION_CLASSES.index("left")}
     assert labels[9, 4] == 1 and labels[9, 5] == 1  # row, column of token 9
     assert set(labels[:, 6]) == {list(world.BACKGROUNDS).index("grey")}
+
+
+def test_conditioning_batch_groups_rows_by_length_exactly(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes.train import conditioning_batch, shapes_model
+
+    model, _ = shapes_model(tmp_path, seed=0)
+    torch.manual_seed(0)
+    lengths, uncond = [5, 7, 5, 3, 7, 5], [False, False, True, False, False, False]
+    stacked = torch.randn(len(lengths), model.mcp.num_layers, 7, model.config.hidden_size)
+    with torch.no_grad():
+        cond, mask = conditioning_batch(model, stacked, lengths, uncond)
+        for i, n in enumerate(lengths):
+            h = stacked[i : i + 1, :, :n]
+            alone = model.mcp(torch.zeros_like(h) if uncond[i] else h)[0]
+            assert torch.allclose(cond[i, :n], alone, atol=1e-5)
+            assert mask[i].sum() == n and not cond[i, n:].any()
+
+
+def test_slot_labels_say_what_is_where() -> None:
+    from mobile_o_ros.shapes.train import slot_labels
+
+    scene = world.Scene(
+        "black",
+        (world.Shape("triangle", "blue", "top", "small"), world.Shape("circle", "red", "centre", "large")),
+    )
+    labels = slot_labels(scene)
+    positions = list(world.POSITIONS)
+    assert labels.shape == (len(positions) + 1, 3)
+    top = labels[positions.index("top")].tolist()
+    assert top == [list(world.COLOURS).index("blue") + 1, world.SHAPES.index("triangle") + 1, 1]
+    assert labels[positions.index("centre")].tolist()[1:] == [world.SHAPES.index("circle") + 1, 2]
+    assert labels[positions.index("left")].tolist() == [0, 0, 0]
+    assert labels[-1].tolist() == [list(world.BACKGROUNDS).index("black"), 0, 0]
+
+
+def test_conditioning_probe_learns_a_slot_and_skips_unconditional_rows() -> None:
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes.train import ConditioningProbe, _probe_loss, slot_labels
+
+    torch.manual_seed(0)
+    scenes = [world.make_scene(s) for s in range(4)]
+    labels = torch.stack([slot_labels(s) for s in scenes])
+    # Token j of scene i says "slot j of scene i" (one-hot), then a padded token: the probe must route each
+    # slot's query to its own token and read it.
+    slots = labels.shape[1]
+    cond = torch.zeros(4, slots + 1, 4 * slots)
+    for i in range(4):
+        cond[i, torch.arange(slots), i * slots + torch.arange(slots)] = 1.0
+    mask = torch.ones(4, slots + 1, dtype=torch.long)
+    mask[:, -1] = 0
+    probe = ConditioningProbe(4 * slots, dim=16)
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    first, right = probe(cond, mask, labels)
+    for _ in range(300):
+        loss, right = probe(cond, mask, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first.item() and right.item() == 1.0
+    keep = torch.tensor([True, False, True, False])
+    assert torch.allclose(
+        _probe_loss(probe, cond, mask, keep, scenes), probe(cond[keep], mask[keep], labels[keep])[0]
+    )
+    assert float(_probe_loss(probe, cond, mask, torch.zeros(4, dtype=torch.bool), scenes)) == 0.0
+    assert float(_probe_loss(None, cond, mask, keep, scenes)) == 0.0
 
 
 # ------------------------------------------------------------------------------------------- self-test
