@@ -87,14 +87,14 @@ class Recipe:
     gen_scenes: int = 3000
     src_scenes: int = 1500
     # (c0) conditioning: LLM + MCP on a slot read-out of the MCP output (ConditioningProbe)
-    cond_steps: int = 250
+    cond_steps: int = 350
     cond_batch: int = 24
     cond_edits: int = 6
     cond_lr: float = 2e-3
     cond_llm_lr: float = 3e-4
     probe_weight: float = 0.1  # the probe's loss beside the flow loss in (c) and (d)
     # (c) DiT + MCP
-    dit_steps: int = 280
+    dit_steps: int = 400
     dit_batch: int = 32
     dit_lr: float = 2e-3
     uncond_prob: float = 0.1
