@@ -334,8 +334,8 @@ def flow_loss(
 # ------------------------------------------------------------------------------------ conditioning probe
 def slot_labels(scene: world.Scene) -> torch.Tensor:
     """What a scene shows per slot → int64 [len(POSITIONS) + 1, 3]: for each named position (in
-    ``world.POSITIONS`` order) the colour, shape and size class of its object (0: nothing there; class
-    ``k + 1`` for ``world.COLOURS`` / ``SHAPES`` / ``SIZES`` entry ``k``); the last row holds the background's
+    ``world.POSITIONS`` order) the colour, shape and size class of its object, indexed as the dense vision
+    labels' classes (0: nothing there); the last row holds the background's
     index in ``world.BACKGROUNDS`` (then 0, 0)."""
     rows = []
     for position in world.POSITIONS:
@@ -344,11 +344,7 @@ def slot_labels(scene: world.Scene) -> torch.Tensor:
             rows.append([0, 0, 0])
         else:
             rows.append(
-                [
-                    list(world.COLOURS).index(o.colour) + 1,
-                    world.SHAPES.index(o.shape) + 1,
-                    list(world.SIZES).index(o.size) + 1,
-                ]
+                [_COLOUR_CLASSES.index(o.colour), _SHAPE_CLASSES.index(o.shape), _SIZE_CLASSES.index(o.size)]
             )
     rows.append([list(world.BACKGROUNDS).index(scene.background), 0, 0])
     return torch.tensor(rows, dtype=torch.long)
@@ -372,9 +368,9 @@ class ConditioningProbe(torch.nn.Module):
         self.queries = torch.nn.Parameter(torch.randn(len(world.POSITIONS) + 1, dim) * 0.5)
         self.key = torch.nn.Linear(cond_dim, dim)
         self.value = torch.nn.Linear(cond_dim, dim)
-        self.colour = torch.nn.Linear(dim, len(world.COLOURS) + 1)
-        self.shape = torch.nn.Linear(dim, len(world.SHAPES) + 1)
-        self.size = torch.nn.Linear(dim, len(world.SIZES) + 1)
+        self.colour = torch.nn.Linear(dim, len(_COLOUR_CLASSES))
+        self.shape = torch.nn.Linear(dim, len(_SHAPE_CLASSES))
+        self.size = torch.nn.Linear(dim, len(_SIZE_CLASSES))
         self.background = torch.nn.Linear(dim, len(world.BACKGROUNDS))
 
     def forward(
