@@ -275,6 +275,73 @@ def test_shared_prefix_vqa_loss_equals_full_sequences(tmp_path: Path) -> None:
     assert torch.allclose(full, shared, atol=1e-5)
 
 
+def test_vqa_attention_loss_matches_the_full_sequences(tmp_path: Path) -> None:
+    """The attention loss of the shared-prefix VQA batch is −log of the heads' mean attention mass, from the
+    token before the answer, on the asked-about objects' image tokens, as a plain forward of each whole
+    sequence computes it; the answer CE is the same with or without it."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros import prompts
+    from mobile_o_ros.model_config import preset
+    from mobile_o_ros.reference.checkpoint import build_model
+    from mobile_o_ros.shapes import train
+    from mobile_o_ros.tokenizer_factory import build_tiny_tokenizer
+
+    vocab = build_tiny_tokenizer(tmp_path, vocab_size=train.TOKENIZER_VOCAB)
+    tok = train.PromptTokens(tmp_path / "tokenizer.json")
+    torch.manual_seed(0)
+    model = build_model(preset("shapes", vocab_size=vocab)).eval()
+    rng = random.Random(0)
+    scenes = [world.make_scene(i) for i in (3, 4)]
+    qsets = [world.questions(s, rng) for s in scenes]
+    grid = round(model.config.num_image_tokens**0.5)
+    objects = [train.token_objects(s, grid) for s in scenes]
+    img = 0.5 * torch.randn(2, model.config.num_image_tokens, model.config.hidden_size)
+    with torch.no_grad():
+        ce, att = train.vqa_losses_shared(model, tok, img, qsets, prompts.vqa_prompt, objects, (2,))
+        plain = train.vqa_loss_shared(model, tok, img, qsets)
+        terms = []
+        for k in range(2):
+            for q in qsets[k]:
+                if not q.objects:
+                    continue
+                ids = tok.image_prompt(prompts.vqa_prompt(q.question))
+                cut = ids.index(prompts.IMAGE_TOKEN_INDEX)
+                e = train.splice(model, ids, img[k])
+                with train.eager_attention(model):
+                    probs = model.llm(inputs_embeds=e[None], output_attentions=True).attentions[2][0].mean(0)
+                keys = cut + np.flatnonzero(np.isin(objects[k], [i + 1 for i in q.objects]))
+                terms.append(-torch.log(probs[-1, keys].sum() + 1e-6))
+    assert model.llm.config._attn_implementation == "sdpa"
+    assert terms and torch.allclose(att, torch.stack(terms).mean(), atol=1e-4)
+    assert torch.allclose(ce, plain, atol=1e-5)
+
+
+def test_questions_name_the_objects_they_ask_about() -> None:
+    for seed in range(50):
+        scene = world.make_scene(seed)
+        for q in world.questions(scene, random.Random(seed)):
+            objs = [scene.objects[k] for k in q.objects]
+            if q.category in ("colour", "shape", "position"):
+                assert len(objs) == 1 and q.answer in (objs[0].colour, objs[0].shape, objs[0].position)
+            elif q.category == "count" and q.question != "how many shapes are there?":
+                assert world.NUMBERS[len(objs)] == q.answer
+            elif q.category == "yesno":
+                assert bool(objs) == (q.answer == "yes")
+
+
+def test_token_objects_agree_with_the_dense_labels() -> None:
+    pytest.importorskip("torch")
+    from mobile_o_ros.shapes.train import _COLOUR_CLASSES, token_labels, token_objects
+
+    scene = world.make_scene(11)
+    which = token_objects(scene, grid=8)
+    labels = token_labels(scene, grid=8)
+    assert set(np.unique(which)) <= set(range(len(scene.objects) + 1)) and (which > 0).any()
+    for k, o in enumerate(scene.objects):
+        assert (labels[which == k + 1, 0] == _COLOUR_CLASSES.index(o.colour)).all()
+    assert (labels[which == 0, 0] == 0).all()
+
+
 def test_token_labels_follow_the_render() -> None:
     from mobile_o_ros.shapes.train import _COLOUR_CLASSES, _POSITION_CLASSES, token_labels
 

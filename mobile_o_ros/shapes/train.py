@@ -30,6 +30,7 @@ Everything is seeded; :func:`train_demo` writes a checkpoint folder that
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -83,6 +84,8 @@ class Recipe:
     vlm_rounds: int = 2  # question rounds per image (one prefix per image; questions are cheap)
     vlm_captions: int = 16
     vlm_lr: float = 1e-3
+    vqa_attention_weight: float = 1.0  # × the attention loss of vqa_losses_shared, in (b2) and (d)
+    vqa_attention_layers: tuple[int, ...] = (2,)
     # cached sets for (b2), (c) and (d)
     gen_scenes: int = 3000
     src_scenes: int = 1500
@@ -491,17 +494,39 @@ def short_vqa_prompt(question: str) -> str:
     return f"{prompts.IMAGE_PLACEHOLDER}\n{question}\n"
 
 
-def vqa_loss_shared(
+@contextlib.contextmanager
+def eager_attention(model: MobileO) -> Iterator[None]:
+    """Run the LLM with eager attention inside the block (SDPA returns no attention weights)."""
+    config = model.llm.config
+    before = config._attn_implementation
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def vqa_losses_shared(
     model: MobileO,
     tok: PromptTokens,
     image_embeds: torch.Tensor,
     questions: Sequence[Sequence[world.Question]],
     template: Callable[[str], str] = prompts.vqa_prompt,
-) -> torch.Tensor:
+    image_objects: Sequence[np.ndarray] | None = None,
+    attention_layers: Sequence[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same loss as :func:`vqa_loss` over every (image, question) pair, computing each image's prompt
     prefix (text before the question: system turn, user header, image tokens) once: a causal LLM's prefix
     states do not depend on what follows, so each question continues from its image's KV cache (gradients
-    flow through it). ``template`` turns a question into a prompt with one ``<image>``."""
+    flow through it). ``template`` turns a question into a prompt with one ``<image>``.
+
+    Returns (answer CE, attention loss). With ``image_objects`` (per image, :func:`token_objects` of its
+    image tokens) and ``attention_layers``, the attention loss is the mean over those layers and over the
+    questions about objects (``Question.objects``) of −log(the attention mass that the layer's heads,
+    averaged, put from the token that predicts the answer on the image tokens of those objects); else 0.
+    It teaches the LLM where to look, which the answer CE alone teaches slowly: measured, the shipped
+    4-layer LLM answered "what colour is the triangle?" about three-shape scenes right 41% of the time,
+    about as often as naming a random object's colour."""
     ids = tok.image_prompt(template("?"))
     cut = ids.index(prompts.IMAGE_TOKEN_INDEX)
     n = image_embeds.shape[0]
@@ -510,7 +535,7 @@ def vqa_loss_shared(
         parts.insert(0, model.embed_tokens(torch.tensor(ids[:cut])[None]).expand(n, -1, -1))
     prefix = torch.cat(parts, dim=1)
     cache = model.llm.model(inputs_embeds=prefix, use_cache=True).past_key_values
-    rows, seqs, labels = [], [], []
+    rows, seqs, labels, targets = [], [], [], []
     for i, qs in enumerate(questions):
         for q in qs:
             q_ids = tok.image_prompt(template(q.question))
@@ -519,15 +544,49 @@ def vqa_loss_shared(
             rows.append(i)
             seqs.append(model.embed_tokens(torch.tensor(tail + answer)[None])[0])
             labels.append(torch.tensor([-100] * len(tail) + answer))
+            if image_objects is not None and q.objects:
+                on = np.isin(image_objects[i], [k + 1 for k in q.objects])
+                targets.append((len(rows) - 1, len(tail) - 1, (cut + np.flatnonzero(on)).tolist()))
     cache.batch_select_indices(torch.tensor(rows))
     embeds, mask = pad_batch(seqs)
     lab = torch.full(mask.shape, -100, dtype=torch.long)
     for i, la in enumerate(labels):
         lab[i, : la.shape[0]] = la
     full_mask = torch.cat([torch.ones((len(rows), prefix.shape[1]), dtype=torch.long), mask], dim=1)
-    return model.llm(
+    supervise = bool(attention_layers) and any(t[2] for t in targets)
+    kwargs: dict[str, Any] = dict(
         inputs_embeds=embeds, attention_mask=full_mask, past_key_values=cache, labels=lab, use_cache=True
-    ).loss
+    )
+    if not supervise:
+        return model.llm(**kwargs).loss, embeds.new_zeros(())
+    with eager_attention(model):
+        out = model.llm(**kwargs, output_attentions=True)
+    terms = []
+    for layer in attention_layers:
+        probs = out.attentions[layer].mean(1)  # [rows, tail, prefix + tail], heads averaged
+        for row, query, keys in targets:
+            if keys:
+                terms.append(-torch.log(probs[row, query, keys].sum() + 1e-6))
+    return out.loss, torch.stack(terms).mean()
+
+
+def vqa_loss_shared(
+    model: MobileO,
+    tok: PromptTokens,
+    image_embeds: torch.Tensor,
+    questions: Sequence[Sequence[world.Question]],
+    template: Callable[[str], str] = prompts.vqa_prompt,
+) -> torch.Tensor:
+    """The answer CE of :func:`vqa_losses_shared` (no attention supervision)."""
+    return vqa_losses_shared(model, tok, image_embeds, questions, template)[0]
+
+
+def _image_objects(model: MobileO, scenes: Sequence[world.Scene], recipe: Recipe) -> list[np.ndarray] | None:
+    """:func:`token_objects` of each scene's image tokens when the recipe supervises VQA attention."""
+    if not recipe.vqa_attention_weight or not recipe.vqa_attention_layers:
+        return None
+    grid = round(model.config.num_image_tokens**0.5)
+    return [token_objects(s, grid) for s in scenes]
 
 
 def caption_qa_text(caption: str, question: str, short: bool) -> str:
@@ -562,18 +621,24 @@ _SIZE_CLASSES = ("background", *world.SIZES)
 _POSITION_CLASSES = ("background", *world.POSITIONS)
 
 
-def token_labels(scene: world.Scene, grid: int, min_fraction: float = 0.15, cell: int = 16) -> np.ndarray:
-    """Dense labels per token of a row-major ``grid × grid`` image grid → int64 [grid², 7]: the colour,
-    shape, size and named position of the object covering most of the cell (at least ``min_fraction``;
-    else 0, background), the cell's row and column, and the scene's background colour."""
+def token_objects(scene: world.Scene, grid: int, min_fraction: float = 0.15, cell: int = 16) -> np.ndarray:
+    """Which object each token of a row-major ``grid × grid`` image grid shows → int64 [grid²]: ``k + 1`` for
+    ``scene.objects[k]`` when it covers most of the cell (at least ``min_fraction``), else 0."""
     lab = world.render_labels(scene, grid * cell).reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3)
     lab = lab.reshape(grid * grid, cell * cell)
     counts = np.stack([(lab == k + 1).sum(1) for k in range(len(scene.objects))], axis=1)
-    best = counts.argmax(1)
     present = counts.max(1) >= min_fraction * cell * cell
+    return ((counts.argmax(1) + 1) * present).astype(np.int64)
+
+
+def token_labels(scene: world.Scene, grid: int, min_fraction: float = 0.15, cell: int = 16) -> np.ndarray:
+    """Dense labels per token of a row-major ``grid × grid`` image grid → int64 [grid², 7]: the colour,
+    shape, size and named position of the object covering most of the cell (:func:`token_objects`; else 0,
+    background), the cell's row and column, and the scene's background colour."""
+    which = token_objects(scene, grid, min_fraction, cell)
 
     def per_object(values: list[int]) -> np.ndarray:
-        return np.asarray(values)[best] * present
+        return np.asarray([0, *values])[which]
 
     objs = scene.objects
     return np.stack(
@@ -749,6 +814,7 @@ def train_vqa(
     seeds = _seed_stream(rng)
     report = StageReport("vqa", total, 0.0)
     cap_losses: list[float] = []
+    att_losses: list[float] = []
     t0 = time.perf_counter()
     m = len(cache.sources)
     for step in range(total):
@@ -757,26 +823,32 @@ def train_vqa(
         img = model.mm_projector(cache.source_feats[idx])
         qsets = [training_questions(cache.sources[i].source, rng, recipe.vlm_rounds) for i in idx]
         template = short_vqa_prompt if short else prompts.vqa_prompt
-        loss = vqa_loss_shared(model, tok, img, qsets, template)
+        objects = _image_objects(model, [cache.sources[i].source for i in idx], recipe)
+        loss, attention = vqa_losses_shared(
+            model, tok, img, qsets, template, objects, recipe.vqa_attention_layers
+        )
         scenes = [world.make_scene(next(seeds)) for _ in range(recipe.vlm_captions)]
         cap = caption_qa_loss(model, tok, scenes, rng, short)
         opt.zero_grad(set_to_none=True)
-        (loss + cap).backward()
+        (loss + cap + recipe.vqa_attention_weight * attention).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         report.losses.append(loss.item())
         cap_losses.append(cap.item())
+        att_losses.append(float(attention.detach()))
         if (step + 1) % recipe.log_every == 0 or step + 1 == total:
             log(
                 f"[b2] vqa step {step + 1}/{total} ({'short' if short else 'chat'} format) "
                 f"image {_recent(report.losses, recipe.log_every):.4f} "
-                f"caption {_recent(cap_losses, recipe.log_every):.4f} ({time.perf_counter() - t0:.0f} s)"
+                f"caption {_recent(cap_losses, recipe.log_every):.4f} "
+                f"attention {_recent(att_losses, recipe.log_every):.3f} ({time.perf_counter() - t0:.0f} s)"
             )
     model.llm.eval()
     report.seconds = time.perf_counter() - t0
     k = max(1, recipe.vlm_steps // 10)
     report.extra["caption_qa_last"] = round(_recent(cap_losses, k), 5)
+    report.extra["attention_last"] = round(_recent(att_losses, k), 5)
     return report
 
 
@@ -996,7 +1068,11 @@ def train_joint(
         )
         img = model.mm_projector(cache.source_feats[vi])
         vqa_sets = [training_questions(cache.sources[i].source, rng) for i in vi]
-        l_vqa = vqa_loss_shared(model, tok, img, vqa_sets)
+        objects = _image_objects(model, [cache.sources[i].source for i in vi], recipe)
+        l_vqa, l_att = vqa_losses_shared(
+            model, tok, img, vqa_sets, prompts.vqa_prompt, objects, recipe.vqa_attention_layers
+        )
+        l_vqa = l_vqa + recipe.vqa_attention_weight * l_att
         loss = l_gen + l_edit + recipe.ce_weight * l_vqa + recipe.probe_weight * l_probe
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -117,11 +117,13 @@ class Scene:
 
 @dataclass(frozen=True)
 class Question:
-    """A question about a scene with its one-word answer."""
+    """A question about a scene with its one-word answer, and the indices (into ``scene.objects``) of the
+    objects it is about (empty when none is: "how many shapes", "is there a ...?" answered "no")."""
 
     category: str
     question: str
     answer: str
+    objects: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -248,24 +250,28 @@ def questions(scene: Scene, rng: random.Random) -> list[Question]:
     """One question per category (colour, shape, count, position, yes/no), each with a one-word answer."""
     objs = list(scene.objects)
     out: list[Question] = []
-    o = rng.choice(objs)
-    out.append(Question("colour", f"what colour is the {reference(scene, o)}?", o.colour))
-    o = rng.choice(objs)
-    out.append(Question("shape", f"what shape is {POSITION_PHRASES[o.position]}?", o.shape))
+    k = rng.randrange(len(objs))
+    o = objs[k]
+    out.append(Question("colour", f"what colour is the {reference(scene, o)}?", o.colour, (k,)))
+    k = rng.randrange(len(objs))
+    o = objs[k]
+    out.append(Question("shape", f"what shape is {POSITION_PHRASES[o.position]}?", o.shape, (k,)))
     if rng.random() < 0.5:
         out.append(Question("count", "how many shapes are there?", NUMBERS[len(objs)]))
     else:
         s = rng.choice(SHAPES)
-        out.append(
-            Question("count", f"how many {_plural(s)} are there?", NUMBERS[sum(x.shape == s for x in objs)])
-        )
-    unique = [x for x in objs if sum(y.shape == x.shape and y.colour == x.colour for y in objs) == 1]
+        which = tuple(i for i, x in enumerate(objs) if x.shape == s)
+        out.append(Question("count", f"how many {_plural(s)} are there?", NUMBERS[len(which)], which))
+    kinds = [(x.colour, x.shape) for x in objs]
+    unique = [i for i, kind in enumerate(kinds) if kinds.count(kind) == 1]
     if unique:
-        o = rng.choice(unique)
-        out.append(Question("position", f"where is the {o.colour} {o.shape}?", o.position))
+        k = rng.choice(unique)
+        o = objs[k]
+        out.append(Question("position", f"where is the {o.colour} {o.shape}?", o.position, (k,)))
     if rng.random() < 0.5:
         o = rng.choice(objs)
-        out.append(Question("yesno", f"is there a {o.colour} {o.shape}?", "yes"))
+        which = tuple(i for i, x in enumerate(objs) if (x.colour, x.shape) == (o.colour, o.shape))
+        out.append(Question("yesno", f"is there a {o.colour} {o.shape}?", "yes", which))
     else:
         present = {(x.colour, x.shape) for x in objs}
         absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
