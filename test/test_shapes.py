@@ -316,6 +316,33 @@ def test_vqa_attention_loss_matches_the_full_sequences(tmp_path: Path) -> None:
     assert torch.allclose(ce, plain, atol=1e-5)
 
 
+def test_joined_conditioning_leaves_each_rows_prediction_alone() -> None:
+    """Stage (d) runs generation and edit rows through one DiT call: padding a row's conditioning to a
+    longer batch (masked) leaves the DiT's prediction for it as it was; per-row flow losses average to
+    the batch loss."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.model_config import preset
+    from mobile_o_ros.reference.checkpoint import build_model
+    from mobile_o_ros.shapes import train
+
+    torch.manual_seed(0)
+    model = build_model(preset("shapes", vocab_size=1006)).eval()
+    width = int(model.config.dit["caption_channels"])
+    a = (torch.randn(2, 5, width), torch.ones(2, 5, dtype=torch.long))
+    b = (torch.randn(3, 9, width), torch.ones(3, 9, dtype=torch.long))
+    cond, mask = train.join_conditioning([a, b])
+    assert cond.shape[:2] == (5, 9) and mask.sum(1).tolist() == [5, 5, 9, 9, 9]
+    x = torch.randn(5, *model.config.latent_shape)
+    t = torch.full((5,), 500.0)
+    with torch.no_grad():
+        joined = model.dit(x, encoder_hidden_states=cond, timestep=t, encoder_attention_mask=mask)[0]
+        alone = model.dit(x[:2], encoder_hidden_states=a[0], timestep=t[:2], encoder_attention_mask=a[1])[0]
+        assert torch.allclose(joined[:2], alone, atol=1e-5)
+        rows = train.flow_loss(model, x, cond, mask, torch.Generator().manual_seed(1), 3.0, per_row=True)
+        mean = train.flow_loss(model, x, cond, mask, torch.Generator().manual_seed(1), 3.0)
+    assert rows.shape == (5,) and torch.allclose(rows.mean(), mean, atol=1e-6)
+
+
 def test_questions_name_the_objects_they_ask_about() -> None:
     for seed in range(50):
         scene = world.make_scene(seed)

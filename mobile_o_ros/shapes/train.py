@@ -106,7 +106,7 @@ class Recipe:
     dit_train_llm: bool = False
     dit_train_mcp: bool = True
     # (d) joint
-    joint_steps: int = 230
+    joint_steps: int = 260
     joint_gen: int = 12
     joint_edit: int = 12
     joint_vqa: int = 4
@@ -303,8 +303,10 @@ def flow_loss(
     gen: torch.Generator,
     shift: float = 1.0,
     high_noise: float = 0.0,
+    per_row: bool = False,
 ) -> torch.Tensor:
-    """Rectified-flow MSE: x_t = (1−σ)x0 + σε, target ε − x0, timestep t = 1000σ (facts §8).
+    """Rectified-flow MSE: x_t = (1−σ)x0 + σε, target ε − x0, timestep t = 1000σ (facts §8); with
+    ``per_row``, each row's mean [B] instead of the batch mean.
 
     ``shift`` 1: σ = t/1000 with t uniform in 1..1000 (the reference). ``shift`` s > 1:
     σ = s·u / (1 + (s−1)·u) with u uniform, the inference schedule's shift. A fraction ``high_noise`` of
@@ -331,7 +333,21 @@ def flow_loss(
         encoder_attention_mask=mask,
         return_dict=False,
     )[0]
+    if per_row:
+        return (v - (eps - x0)).pow(2).flatten(1).mean(1)
     return F.mse_loss(v, eps - x0)
+
+
+def join_conditioning(
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (conditioning [B_i, L_i, C], mask [B_i, L_i]) batches into one, right-padded to the longest
+    (padding masked out): one DiT call instead of several, which on a CPU costs little more than one of
+    them (measured: a batch of 24 takes ~0.65 s forward and backward, two of 12 ~1.1 s)."""
+    n = max(c.shape[1] for c, _ in parts)
+    conds = [F.pad(c, (0, 0, 0, n - c.shape[1])) for c, _ in parts]
+    masks = [F.pad(m, (0, n - m.shape[1])) for _, m in parts]
+    return torch.cat(conds), torch.cat(masks)
 
 
 # ------------------------------------------------------------------------------------ conditioning probe
@@ -1061,8 +1077,11 @@ def train_joint(
         vi = [rng.randrange(m) for _ in range(recipe.joint_vqa)]
         c1, m1, x1, k1 = _gen_batch(model, tok, cache, gi, rng, recipe.uncond_prob, train_llm=True)
         c2, m2, x2, k2 = _edit_batch(model, tok, cache, ei, rng, recipe.uncond_prob, train_llm=True)
-        l_gen = flow_loss(model, x1, c1, m1, gen, recipe.train_shift, recipe.high_noise)
-        l_edit = flow_loss(model, x2, c2, m2, gen, recipe.train_shift, recipe.high_noise)
+        cond, mask = join_conditioning([(c1, m1), (c2, m2)])
+        rows = flow_loss(
+            model, torch.cat([x1, x2]), cond, mask, gen, recipe.train_shift, recipe.high_noise, per_row=True
+        )
+        l_gen, l_edit = rows[: len(gi)].mean(), rows[len(gi) :].mean()
         l_probe = _probe_loss(probe, c1, m1, k1, [cache.scenes[i] for i in gi]) + _probe_loss(
             probe, c2, m2, k2, [cache.sources[i].target for i in ei]
         )
