@@ -63,8 +63,8 @@ def embedded_checkpoint() -> tuple[Path, str]:
         path = embedded_model_dir()
         if (path / "model.safetensors").is_file():
             return path, (
-                "embedded shapes model (mobile_o_ros/models/shapes): a small Mobile-O trained for 30 min on a"
-                " CPU; it misses its self-test targets, figures in its MODEL_CARD.md"
+                "embedded shapes model (mobile_o_ros/models/shapes): a small Mobile-O trained for about half"
+                " an hour on a CPU; it misses its self-test targets, figures in its MODEL_CARD.md"
             )
     except ImportError:
         pass
