@@ -6,6 +6,7 @@ import json
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -249,9 +250,10 @@ def test_quick_checkpoint_loads_strictly(quick_run: tuple[Path, dict]) -> None:
     assert cfg["mobile_o_ros"]["vae"]["scaling_factor"] != 0.41407  # re-measured by stage (a)
 
 
-def test_shared_prefix_vqa_loss_equals_full_sequences(tmp_path: Path) -> None:
-    """Training's prefix-sharing VQA loss is the plain loss over full (image, question, answer) sequences."""
-    torch = pytest.importorskip("torch")
+def _untrained_shapes_model(tmp_path: Path) -> tuple[Any, Any]:
+    """A shapes tokenizer in ``tmp_path`` and the untrained ``shapes`` model (seed 0, eval mode)."""
+    import torch
+
     from mobile_o_ros.model_config import preset
     from mobile_o_ros.reference.checkpoint import build_model
     from mobile_o_ros.shapes import train
@@ -260,7 +262,15 @@ def test_shared_prefix_vqa_loss_equals_full_sequences(tmp_path: Path) -> None:
     vocab = build_tiny_tokenizer(tmp_path, vocab_size=train.TOKENIZER_VOCAB)
     tok = train.PromptTokens(tmp_path / "tokenizer.json")
     torch.manual_seed(0)
-    model = build_model(preset("shapes", vocab_size=vocab)).eval()
+    return tok, build_model(preset("shapes", vocab_size=vocab)).eval()
+
+
+def test_shared_prefix_vqa_loss_equals_full_sequences(tmp_path: Path) -> None:
+    """Training's prefix-sharing VQA loss is the plain loss over full (image, question, answer) sequences."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes import train
+
+    tok, model = _untrained_shapes_model(tmp_path)
     rng = random.Random(0)
     qsets = [world.questions(world.make_scene(i), rng)[:3] for i in range(2)]
     img = 0.5 * torch.randn(2, 256, model.config.hidden_size)
@@ -281,15 +291,9 @@ def test_vqa_attention_loss_matches_the_full_sequences(tmp_path: Path) -> None:
     sequence computes it; the answer CE is the same with or without it."""
     torch = pytest.importorskip("torch")
     from mobile_o_ros import prompts
-    from mobile_o_ros.model_config import preset
-    from mobile_o_ros.reference.checkpoint import build_model
     from mobile_o_ros.shapes import train
-    from mobile_o_ros.tokenizer_factory import build_tiny_tokenizer
 
-    vocab = build_tiny_tokenizer(tmp_path, vocab_size=train.TOKENIZER_VOCAB)
-    tok = train.PromptTokens(tmp_path / "tokenizer.json")
-    torch.manual_seed(0)
-    model = build_model(preset("shapes", vocab_size=vocab)).eval()
+    tok, model = _untrained_shapes_model(tmp_path)
     rng = random.Random(0)
     scenes = [world.make_scene(i) for i in (3, 4)]
     qsets = [world.questions(s, rng) for s in scenes]

@@ -206,6 +206,21 @@ def _set_trainable(model: MobileO, names: Sequence[str]) -> None:
     model.vision.head_proj.requires_grad_(False)
 
 
+def _update(
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    loss: torch.Tensor,
+    params: Sequence[torch.nn.Parameter],
+    clip: float = 1.0,
+) -> None:
+    """One training step of every stage: backward, clip the gradient norm of ``params``, step, schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    sched.step()
+
+
 def _seed_stream(rng: random.Random) -> Iterator[int]:
     while True:
         yield world.TRAIN_SEED_BASE + rng.randrange(10**9 - 1)
@@ -265,6 +280,14 @@ def pad_batch(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
         out[i, : s.shape[0]] = s
         mask[i, : s.shape[0]] = 1
     return out, mask
+
+
+def pad_labels(labels: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """Right-pad per-row label vectors to ``mask``'s [B, L] with −100 (ignored by the CE)."""
+    lab = torch.full(mask.shape, -100, dtype=torch.long)
+    for i, la in enumerate(labels):
+        lab[i, : la.shape[0]] = la
+    return lab
 
 
 def mcp_inputs_batch(model: MobileO, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -454,11 +477,7 @@ def train_autoencoder(model: MobileO, recipe: Recipe, rng: random.Random, log: L
         on_object = (x - x[:, :, :1, :1]).abs().amax(1, keepdim=True).gt(0.05).float()
         w = 1 + recipe.ae_object_weight * on_object
         loss = ((r - x).pow(2) * w).mean() + 0.5 * ((r - x).abs() * w).mean()
-        opt.zero_grad(set_to_none=True)
-        (loss + recipe.ae_latent_l2 * z.pow(2).mean()).backward()
-        torch.nn.utils.clip_grad_norm_(params, recipe.ae_clip)
-        opt.step()
-        sched.step()
+        _update(opt, sched, loss + recipe.ae_latent_l2 * z.pow(2).mean(), params, recipe.ae_clip)
         report.losses.append(loss.item())
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.ae_steps:
             log(
@@ -493,9 +512,7 @@ def _qa_sequences(
 def vqa_loss(model: MobileO, seqs: list[torch.Tensor], labels: list[torch.Tensor]) -> torch.Tensor:
     """Mean next-token CE over the answer tokens of a padded batch."""
     embeds, mask = pad_batch(seqs)
-    lab = torch.full(mask.shape, -100, dtype=torch.long)
-    for i, la in enumerate(labels):
-        lab[i, : la.shape[0]] = la
+    lab = pad_labels(labels, mask)
     return model.llm(inputs_embeds=embeds, attention_mask=mask, labels=lab, use_cache=False).loss
 
 
@@ -566,9 +583,7 @@ def vqa_losses_shared(
                 targets.append((len(rows) - 1, len(tail) - 1, (cut + np.flatnonzero(on)).tolist()))
     cache.batch_select_indices(torch.tensor(rows))
     embeds, mask = pad_batch(seqs)
-    lab = torch.full(mask.shape, -100, dtype=torch.long)
-    for i, la in enumerate(labels):
-        lab[i, : la.shape[0]] = la
+    lab = pad_labels(labels, mask)
     full_mask = torch.cat([torch.ones((len(rows), prefix.shape[1]), dtype=torch.long), mask], dim=1)
     supervise = bool(attention_layers) and any(t[2] for t in targets)
     kwargs: dict[str, Any] = dict(
@@ -739,11 +754,7 @@ def pretrain_vision(model: MobileO, recipe: Recipe, rng: random.Random, log: Log
         x = torch.stack([vision_input(world.render(sc, 512), size) for sc in scenes])
         labels = torch.from_numpy(np.stack([token_labels(sc, grid) for sc in scenes]))
         loss, right = dense_loss(head(tower(x)), labels, grid)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _update(opt, sched, loss, params)
         report.losses.append(loss.item())
         accuracy.append(float(right.float().mean()))
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.vis_steps:
@@ -846,11 +857,7 @@ def train_vqa(
         )
         scenes = [world.make_scene(next(seeds)) for _ in range(recipe.vlm_captions)]
         cap = caption_qa_loss(model, tok, scenes, rng, short)
-        opt.zero_grad(set_to_none=True)
-        (loss + cap + recipe.vqa_attention_weight * attention).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _update(opt, sched, loss + cap + recipe.vqa_attention_weight * attention, params)
         report.losses.append(loss.item())
         cap_losses.append(cap.item())
         att_losses.append(float(attention.detach()))
@@ -958,11 +965,7 @@ def train_conditioning(
         l_gen, r_gen = probe(c1, m1, torch.stack([slot_labels(cache.scenes[i]) for i in gi]))
         l_edit, _ = probe(c2, m2, torch.stack([slot_labels(cache.sources[i].target) for i in ei]))
         loss = l_gen + l_edit
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(core + vlm, 1.0)
-        opt.step()
-        sched.step()
+        _update(opt, sched, loss, core + vlm)
         report.losses.append(loss.item())
         read.append(float(r_gen))
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.cond_steps:
@@ -1019,11 +1022,7 @@ def train_dit(
         if recipe.dit_train_mcp:
             scenes = [cache.scenes[i] for i in idx]
             loss = loss + recipe.probe_weight * _probe_loss(probe, cond, mask, keep, scenes)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-        opt.step()
-        sched.step()
+        _update(opt, sched, loss, [p for g in groups for p in g["params"]])
         report.losses.append(loss.item())
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.dit_steps:
             log(
@@ -1094,11 +1093,7 @@ def train_joint(
         )
         l_vqa = l_vqa + recipe.vqa_attention_weight * l_att
         loss = l_gen + l_edit + recipe.ce_weight * l_vqa + recipe.probe_weight * l_probe
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(core + lw + vlm, 1.0)
-        opt.step()
-        sched.step()
+        _update(opt, sched, loss, core + lw + vlm)
         report.losses.append(float((l_gen + l_edit).detach()))
         for k, v in (("gen", l_gen), ("edit", l_edit), ("vqa", l_vqa)):
             parts[k].append(float(v.detach()))
