@@ -285,6 +285,34 @@ def test_shared_prefix_vqa_loss_equals_full_sequences(tmp_path: Path) -> None:
     assert torch.allclose(full, shared, atol=1e-5)
 
 
+@pytest.mark.parametrize("short", [False, True])
+def test_caption_qa_loss_equals_full_sequences(tmp_path: Path, short: bool) -> None:
+    """The caption-QA loss, each caption computed once (prefixes of different lengths, padded), is the
+    plain loss over whole (caption, question, answer) sequences; the parts tokenize as the whole does."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes import train
+
+    tok, model = _untrained_shapes_model(tmp_path)
+    scenes = [world.make_scene(i) for i in (1, 5, 9)]
+    seqs, labels, lengths = [], [], set()
+    rng = random.Random(7)
+    for scene in scenes:
+        cap = world.caption(scene, rng)
+        for q in train.training_questions(scene, rng):
+            head, turn = train.caption_qa_parts(cap, q.question, short)
+            prompt = tok.encode(head + turn)
+            assert prompt == tok.encode(head) + tok.encode(turn)
+            lengths.add(len(tok.encode(head)))
+            answer = [*tok.encode(q.answer), tok.eos]
+            seqs.append(model.embed_tokens(torch.tensor(prompt + answer)[None])[0])
+            labels.append(torch.tensor([-100] * len(prompt) + answer))
+    assert len(lengths) > 1  # the prefixes really are padded
+    with torch.no_grad():
+        full = train.vqa_loss(model, seqs, labels)
+        shared = train.caption_qa_loss(model, tok, scenes, random.Random(7), short)
+    assert torch.allclose(full, shared, atol=1e-5)
+
+
 def test_vqa_attention_loss_matches_the_full_sequences(tmp_path: Path) -> None:
     """The attention loss of the shared-prefix VQA batch is −log of the heads' mean attention mass, from the
     token before the answer, on the asked-about objects' image tokens, as a plain forward of each whole

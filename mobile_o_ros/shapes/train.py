@@ -35,6 +35,8 @@ import copy
 import dataclasses
 import json
 import math
+import os
+import platform
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -64,7 +66,8 @@ TOKENIZER_VOCAB = 1000
 
 @dataclass
 class Recipe:
-    """Sizes and steps of every stage (defaults: the full recipe, about 30 minutes on 2 CPU cores)."""
+    """Sizes and steps of every stage (defaults: the full recipe; its time on 2 CPU cores is in the model
+    card and ``training_report.json``)."""
 
     # (a) autoencoder
     ae_steps: int = 400
@@ -568,7 +571,6 @@ def vqa_losses_shared(
     if cut:
         parts.insert(0, model.embed_tokens(torch.tensor(ids[:cut])[None]).expand(n, -1, -1))
     prefix = torch.cat(parts, dim=1)
-    cache = model.llm.model(inputs_embeds=prefix, use_cache=True).past_key_values
     rows, seqs, labels, targets = [], [], [], []
     for i, qs in enumerate(questions):
         for q in qs:
@@ -581,18 +583,10 @@ def vqa_losses_shared(
             if image_objects is not None and q.objects:
                 on = np.isin(image_objects[i], [k + 1 for k in q.objects])
                 targets.append((len(rows) - 1, len(tail) - 1, (cut + np.flatnonzero(on)).tolist()))
-    cache.batch_select_indices(torch.tensor(rows))
-    embeds, mask = pad_batch(seqs)
-    lab = pad_labels(labels, mask)
-    full_mask = torch.cat([torch.ones((len(rows), prefix.shape[1]), dtype=torch.long), mask], dim=1)
     supervise = bool(attention_layers) and any(t[2] for t in targets)
-    kwargs: dict[str, Any] = dict(
-        inputs_embeds=embeds, attention_mask=full_mask, past_key_values=cache, labels=lab, use_cache=True
-    )
+    out = continue_from_prefixes(model, list(prefix), rows, seqs, labels, output_attentions=supervise)
     if not supervise:
-        return model.llm(**kwargs).loss, embeds.new_zeros(())
-    with eager_attention(model):
-        out = model.llm(**kwargs, output_attentions=True)
+        return out.loss, prefix.new_zeros(())
     terms = []
     for layer in attention_layers:
         probs = out.attentions[layer].mean(1)  # [rows, tail, prefix + tail], heads averaged
@@ -600,6 +594,41 @@ def vqa_losses_shared(
             if keys:
                 terms.append(-torch.log(probs[row, query, keys].sum() + 1e-6))
     return out.loss, torch.stack(terms).mean()
+
+
+def continue_from_prefixes(
+    model: MobileO,
+    prefixes: Sequence[torch.Tensor],
+    rows: Sequence[int],
+    seqs: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    output_attentions: bool = False,
+) -> Any:
+    """The LLM over ``prefixes[rows[j]]`` followed by ``seqs[j]`` (embeddings [L, D]) for every j, each
+    prefix computed once: a causal LLM's prefix states do not depend on what follows, so every
+    continuation runs from its prefix's KV cache (gradients flow through it). Prefixes are right-padded
+    and masked, and each continuation's positions start at its own prefix's length, so each row sees the
+    positions its whole sequence would. ``labels`` (per continuation, −100: no loss) give ``.loss``, the
+    mean next-token CE; with ``output_attentions`` (eager attention) ``.attentions`` hold per layer
+    [rows, heads, continuation, padded prefix + continuation]."""
+    prefix, prefix_mask = pad_batch(prefixes)
+    cache = model.llm.model(inputs_embeds=prefix, attention_mask=prefix_mask, use_cache=True).past_key_values
+    index = torch.tensor(list(rows))
+    cache.batch_select_indices(index)
+    embeds, mask = pad_batch(seqs)
+    positions = prefix_mask.sum(1)[index][:, None] + torch.arange(embeds.shape[1])[None]
+    kwargs: dict[str, Any] = dict(
+        inputs_embeds=embeds,
+        attention_mask=torch.cat([prefix_mask[index], mask], dim=1),
+        position_ids=positions,
+        past_key_values=cache,
+        labels=pad_labels(labels, mask),
+        use_cache=True,
+    )
+    if not output_attentions:
+        return model.llm(**kwargs)
+    with eager_attention(model):
+        return model.llm(**kwargs, output_attentions=True)
 
 
 def vqa_loss_shared(
@@ -621,29 +650,35 @@ def _image_objects(model: MobileO, scenes: Sequence[world.Scene], recipe: Recipe
     return [token_objects(s, grid) for s in scenes]
 
 
-def caption_qa_text(caption: str, question: str, short: bool) -> str:
-    """A question about a caption, answered from the text: in the chat format the caption sits in the
-    generation prompt (as the DiT's conditioning will see it) and the question follows in a new user turn;
-    the short warm-up format is caption newline question newline."""
+def caption_qa_parts(caption: str, question: str, short: bool) -> tuple[str, str]:
+    """A question about a caption, answered from the text, as (the caption part, the question part); the
+    caption part is the same for every question about it, and the two tokenize as their concatenation
+    does (they meet at a newline or a special token). In the chat format the caption sits in the
+    generation prompt (as the DiT's conditioning will see it) and the question follows in a new user
+    turn; the short warm-up format is caption newline question newline."""
     if short:
-        return f"{caption}\n{question}\n"
+        return f"{caption}\n", f"{question}\n"
     turn = f"{prompts.IM_START}user\n{question}{prompts.IM_END}\n{prompts.IM_START}assistant\n"
-    return f"{prompts.generation_prompt(caption)}{prompts.IM_END}\n{turn}"
+    return f"{prompts.generation_prompt(caption)}{prompts.IM_END}\n", turn
 
 
 def caption_qa_loss(
     model: MobileO, tok: PromptTokens, scenes: Sequence[world.Scene], rng: random.Random, short: bool
 ) -> torch.Tensor:
-    """Answer CE of every :func:`training_questions` question about each scene, asked of its caption."""
-    seqs, labels = [], []
+    """Answer CE of every :func:`training_questions` question about each scene, asked of its caption
+    (each caption's tokens computed once, :func:`continue_from_prefixes`)."""
+    prefixes, rows, seqs, labels = [], [], [], []
     for scene in scenes:
         cap = world.caption(scene, rng)
         for q in training_questions(scene, rng):
-            prompt = tok.encode(caption_qa_text(cap, q.question, short))
+            head, turn = caption_qa_parts(cap, q.question, short)
+            prompt = tok.encode(turn)
             answer = [*tok.encode(q.answer), tok.eos]
+            rows.append(len(prefixes))
             seqs.append(model.embed_tokens(torch.tensor(prompt + answer)[None])[0])
             labels.append(torch.tensor([-100] * len(prompt) + answer))
-    return vqa_loss(model, seqs, labels)
+        prefixes.append(model.embed_tokens(torch.tensor(tok.encode(head))[None])[0])
+    return continue_from_prefixes(model, prefixes, rows, seqs, labels).loss
 
 
 #: Classes of the dense vision labels (index 0: background / no object under the token).
@@ -830,7 +865,7 @@ def train_vqa(
     MCP and the DiT read in stage (c)).
 
     The first ``vlm_short_steps`` use a short format without the chat template (:func:`short_vqa_prompt`,
-    :func:`caption_qa_text`), then the real templates. Measured: with the templates from the start a
+    :func:`caption_qa_parts`), then the real templates. Measured: with the templates from the start a
     4-layer LLM sat at type-guessing (answer loss ~0.55) for 300 steps; after the short warm-up it moves
     on within tens of steps (the long shared template prefix hides which tokens matter)."""
     _set_trainable(model, ["mm_projector", "llm"])
@@ -1192,18 +1227,38 @@ class AutoencoderJob:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def machine_description() -> dict[str, Any]:
+    """The CPU the timings were measured on: stage times differ ~2.5× between machines of the same size
+    (measured: the same recipe took 2035 s on one 2-core machine and 792 s on another)."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        model = names[0] if names else model
+    return {
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def train_demo(
     out_dir: str | Path,
     seed: int = 0,
     quick: bool = False,
     recipe: Recipe | None = None,
     log: Log = print,
-    threads: int | None = None,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
     """Train the shapes model from ``seed`` and write a checkpoint folder; returns the training report.
 
-    ``quick`` runs :meth:`Recipe.quick` (a few steps per stage). The report (also written as
-    ``training_report.json``) holds per-stage steps, seconds and first/last losses.
+    ``quick`` runs :meth:`Recipe.quick` (a few steps per stage); ``threads``: torch threads of this process
+    (None: torch's default). The report (also written as ``training_report.json``) holds per-stage steps,
+    seconds and first/last losses, and the machine they were measured on.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1249,6 +1304,7 @@ def train_demo(
         "total_seconds": round(total, 1),
         "main_process_cpu_seconds": round(time.process_time() - cpu_start, 1),
         "torch_threads": torch.get_num_threads(),
+        "machine": machine_description(),
     }
     (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"wrote {out} in {total:.0f} s")
