@@ -18,6 +18,14 @@ from mobile_o_ros.shapes import selftest, world
 SMALL_SAMPLE = {"vqa": 4, "generation": 5, "editing": 2}
 
 
+def _machine_words(report: dict[str, Any]) -> str:
+    """Where the training ran (", on CPU (N cores, torch capability)"), or "" for older reports."""
+    m = report.get("machine")
+    if not m:
+        return ""
+    return f", on {m['cpu']} ({m['cpu_count']} cores, {m['torch_cpu_capability']})"
+
+
 def record_scores(
     model_dir: Path, backends: tuple[str, ...] = ("torch", "onnxruntime"), log: Any = print
 ) -> dict[str, Any]:
@@ -64,7 +72,9 @@ def write_card(model_dir: Path, scores: dict[str, Any]) -> Path:
         f" {'×'.join(map(str, cfg.latent_shape))} latents, {cfg.output_size} px out"
         " (the released model: 1024 px, 256 tokens, 32×16×16, 512 px).",
         f"- Reproduce: `mobile-o train-demo OUT_DIR --seed {report['seed']}`"
-        f" ({report['total_seconds'] / 60:.1f} min here, {report['torch_threads']} torch threads).",
+        f" ({report['total_seconds'] / 60:.1f} min here, {report['torch_threads']} torch thread(s)"
+        + _machine_words(report)
+        + "; stage times differ ~2.5× between machines of this size).",
         "",
         "## How it was trained (paper stages, scaled down)",
         "",
