@@ -63,8 +63,9 @@ def embedded_checkpoint() -> tuple[Path, str]:
         path = embedded_model_dir()
         if (path / "model.safetensors").is_file():
             return path, (
-                "embedded shapes model (mobile_o_ros/models/shapes): a small Mobile-O trained for about half"
-                " an hour on a CPU; it misses its self-test targets, figures in its MODEL_CARD.md"
+                "embedded shapes model (mobile_o_ros/models/shapes): a small Mobile-O trained from a seed on"
+                " 2 CPU cores (13 to ~34 min by machine); it misses its self-test targets, figures in its"
+                " MODEL_CARD.md"
             )
     except ImportError:
         pass
