@@ -1257,13 +1257,14 @@ def train_demo(
     quick: bool = False,
     recipe: Recipe | None = None,
     log: Log = print,
-    threads: int | None = 1,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Train the shapes model from ``seed`` and write a checkpoint folder; returns the training report.
 
     ``quick`` runs :meth:`Recipe.quick` (a few steps per stage); ``threads``: torch threads of this process
-    (None: torch's default). The report (also written as ``training_report.json``) holds per-stage steps,
-    seconds and first/last losses, and the machine they were measured on.
+    (None: as set; ``mobile-o train-demo`` passes 1, as the shipped model was trained). The report (also
+    written as ``training_report.json``) holds per-stage steps, seconds and first/last losses, and the
+    machine they were measured on.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
