@@ -265,6 +265,34 @@ def _untrained_shapes_model(tmp_path: Path) -> tuple[Any, Any]:
     return tok, build_model(preset("shapes", vocab_size=vocab)).eval()
 
 
+def _full_sequence_loss(model: Any, seqs: list[Any], labels: list[Any]) -> Any:
+    """The reference the shared-prefix losses must equal: mean next-token CE over the labelled tokens of
+    whole sequences, right-padded into one batch."""
+    from mobile_o_ros.shapes import train
+
+    embeds, mask = train.pad_batch(seqs)
+    lab = train.pad_labels(labels, mask)
+    return model.llm(inputs_embeds=embeds, attention_mask=mask, labels=lab, use_cache=False).loss
+
+
+def _vqa_sequences(model: Any, tok: Any, image_embeds: Any, qas: list[world.Question]) -> tuple[list, list]:
+    """Whole (prompt with the image spliced, answer) sequences and their labels (−100 but the answer)."""
+    import torch
+
+    from mobile_o_ros import prompts
+    from mobile_o_ros.shapes import train
+
+    seqs, labels = [], []
+    for q in qas:
+        ids = tok.image_prompt(prompts.vqa_prompt(q.question))
+        answer = [*tok.encode(q.answer), tok.eos]
+        e = train.splice(model, ids, image_embeds)
+        a = model.embed_tokens(torch.tensor(answer)[None])[0]
+        seqs.append(torch.cat([e, a], dim=0))
+        labels.append(torch.cat([torch.full((e.shape[0],), -100), torch.tensor(answer)]))
+    return seqs, labels
+
+
 def test_shared_prefix_vqa_loss_equals_full_sequences(tmp_path: Path) -> None:
     """Training's prefix-sharing VQA loss is the plain loss over full (image, question, answer) sequences."""
     torch = pytest.importorskip("torch")
@@ -276,11 +304,11 @@ def test_shared_prefix_vqa_loss_equals_full_sequences(tmp_path: Path) -> None:
     img = 0.5 * torch.randn(2, 256, model.config.hidden_size)
     seqs, labels = [], []
     for k in range(2):
-        a, b = train._qa_sequences(model, tok, img[k], qsets[k])
+        a, b = _vqa_sequences(model, tok, img[k], qsets[k])
         seqs += a
         labels += b
     with torch.no_grad():
-        full = train.vqa_loss(model, seqs, labels)
+        full = _full_sequence_loss(model, seqs, labels)
         shared = train.vqa_loss_shared(model, tok, img, qsets)
     assert torch.allclose(full, shared, atol=1e-5)
 
@@ -308,7 +336,7 @@ def test_caption_qa_loss_equals_full_sequences(tmp_path: Path, short: bool) -> N
             labels.append(torch.tensor([-100] * len(prompt) + answer))
     assert len(lengths) > 1  # the prefixes really are padded
     with torch.no_grad():
-        full = train.vqa_loss(model, seqs, labels)
+        full = _full_sequence_loss(model, seqs, labels)
         shared = train.caption_qa_loss(model, tok, scenes, random.Random(7), short)
     assert torch.allclose(full, shared, atol=1e-5)
 

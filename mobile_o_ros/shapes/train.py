@@ -503,27 +503,6 @@ def train_autoencoder(model: MobileO, recipe: Recipe, rng: random.Random, log: L
     return report
 
 
-def _qa_sequences(
-    model: MobileO, tok: PromptTokens, image_embeds: torch.Tensor, qas: Sequence[world.Question]
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    seqs, labels = [], []
-    for q in qas:
-        ids = tok.image_prompt(prompts.vqa_prompt(q.question))
-        answer = [*tok.encode(q.answer), tok.eos]
-        e = splice(model, ids, image_embeds)
-        a = model.embed_tokens(torch.tensor(answer)[None])[0]
-        seqs.append(torch.cat([e, a], dim=0))
-        labels.append(torch.cat([torch.full((e.shape[0],), -100), torch.tensor(answer)]))
-    return seqs, labels
-
-
-def vqa_loss(model: MobileO, seqs: list[torch.Tensor], labels: list[torch.Tensor]) -> torch.Tensor:
-    """Mean next-token CE over the answer tokens of a padded batch."""
-    embeds, mask = pad_batch(seqs)
-    lab = pad_labels(labels, mask)
-    return model.llm(inputs_embeds=embeds, attention_mask=mask, labels=lab, use_cache=False).loss
-
-
 def training_questions(scene: world.Scene, rng: random.Random, rounds: int = 1) -> list[world.Question]:
     """:func:`world.all_questions` plus the background's colour (a training-only question: without it
     nothing asks the LLM to keep the caption's last words, and the DiT then draws random backgrounds)."""
@@ -557,10 +536,9 @@ def vqa_losses_shared(
     image_objects: Sequence[np.ndarray] | None = None,
     attention_layers: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same loss as :func:`vqa_loss` over every (image, question) pair, computing each image's prompt
-    prefix (text before the question: system turn, user header, image tokens) once: a causal LLM's prefix
-    states do not depend on what follows, so each question continues from its image's KV cache (gradients
-    flow through it). ``template`` turns a question into a prompt with one ``<image>``.
+    """The answer CE (mean next-token CE over the answer tokens) of every (image, question) pair, computing
+    each image's prompt prefix (text before the question: system turn, user header, image tokens) once
+    (:func:`continue_from_prefixes`). ``template`` turns a question into a prompt with one ``<image>``.
 
     Returns (answer CE, attention loss). With ``image_objects`` (per image, :func:`token_objects` of its
     image tokens) and ``attention_layers``, the attention loss is the mean over those layers and over the
