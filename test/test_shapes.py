@@ -234,6 +234,66 @@ def test_autoencoder_stage_gives_the_same_weights_in_a_worker_process(tmp_path: 
         assert torch.allclose(v, vaes[False][k], atol=1e-5), k
 
 
+def _data_parallel_rows(rank: int) -> tuple[Any, Any]:
+    """Rank ``rank``'s half of a fixed batch (x [3, 4], y [3, 2])."""
+    import torch
+
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 2, generator=g)
+    return x[3 * rank : 3 * rank + 3], y[3 * rank : 3 * rank + 3]
+
+
+def _data_parallel_step(out_file: Path | None) -> tuple[list[Any], float]:
+    """One averaged-gradient step of a fixed linear model on this rank's half; rank 1 saves what it got."""
+    import torch
+
+    from mobile_o_ros.shapes import parallel
+
+    torch.manual_seed(0)
+    layer, unused = torch.nn.Linear(4, 2), torch.nn.Linear(1, 1)
+    x, y = _data_parallel_rows(parallel.rank())
+    loss = (layer(x) - y).pow(2).mean()
+    loss.backward()
+    params = [*layer.parameters(), *unused.parameters()]
+    value = parallel.average_gradients(params, loss)
+    grads = [None if p.grad is None else p.grad.clone() for p in params]
+    if out_file is not None:
+        torch.save((grads, value), out_file)
+    return grads, value
+
+
+def test_data_parallel_ranks_apply_the_whole_batchs_mean_gradient(tmp_path: Path) -> None:
+    """Two real processes (gloo): each rank ends with the gradient and loss of the whole batch's mean, as
+    one process computes them; a parameter no rank used keeps no gradient."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes import parallel
+
+    with parallel.workers(2, _data_parallel_step, (tmp_path / "rank1.pt",)):
+        assert parallel.world_size() == 2 and parallel.share(24) == 12 and parallel.share(5) == 3
+        grads0, loss0 = _data_parallel_step(None)
+    assert not parallel.active() and parallel.share(24) == 24
+    grads1, loss1 = torch.load(tmp_path / "rank1.pt")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 2)
+    x, y = zip(_data_parallel_rows(0), _data_parallel_rows(1), strict=True)
+    whole = (layer(torch.cat(x)) - torch.cat(y)).pow(2).mean()
+    whole.backward()
+    for got in (grads0, grads1):
+        assert got[2] is None and got[3] is None
+        for g, p in zip(got[:2], layer.parameters(), strict=True):
+            assert torch.allclose(g, p.grad, atol=1e-6)
+    assert loss0 == loss1 == pytest.approx(float(whole.detach()), rel=1e-6)
+
+
+def test_data_parallel_worker_failure_is_an_error(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from mobile_o_ros.shapes import parallel
+
+    rank1_file = tmp_path / "missing" / "rank1.pt"  # rank 1 fails to save after the step
+    with pytest.raises(RuntimeError), parallel.workers(2, _data_parallel_step, (rank1_file,)):
+        _data_parallel_step(None)
+
+
 def test_quick_checkpoint_loads_strictly(quick_run: tuple[Path, dict]) -> None:
     from mobile_o_ros.reference.checkpoint import load_checkpoint, read_shapes
 
@@ -401,6 +461,48 @@ def test_joined_conditioning_leaves_each_rows_prediction_alone() -> None:
         rows = train.flow_loss(model, x, cond, mask, torch.Generator().manual_seed(1), 3.0, per_row=True)
         mean = train.flow_loss(model, x, cond, mask, torch.Generator().manual_seed(1), 3.0)
     assert rows.shape == (5,) and torch.allclose(rows.mean(), mean, atol=1e-6)
+    with torch.no_grad():
+        uniform = torch.full((5, 1, 16, 16), 3.0)
+        flat = train.flow_loss(model, x, cond, mask, torch.Generator().manual_seed(1), 3.0, weight=uniform)
+    assert torch.allclose(flat, mean, atol=1e-6)  # uniform weights: the unweighted loss
+
+
+def test_flow_loss_weights_latent_pixels_on_and_next_to_objects() -> None:
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.model_config import preset
+    from mobile_o_ros.reference.checkpoint import build_model
+    from mobile_o_ros.shapes import train
+
+    scene = world.Scene("white", (world.Shape("square", "red", "left", "large"),))
+    mask = train.latent_object_mask(scene, 16, 128)[0]
+    on = world.render_labels(scene, 128).reshape(16, 8, 16, 8).any(axis=(1, 3))
+    assert mask.shape == (16, 16) and bool(mask[torch.from_numpy(on)].all())
+    assert int(mask.sum()) > int(on.sum())  # one latent pixel around the outline too
+    assert mask[0, 15] == 0 and mask[8, 15] == 0  # far from the square
+    torch.manual_seed(0)
+    model = build_model(preset("shapes", vocab_size=1006)).eval()
+    x = torch.randn(2, *model.config.latent_shape)
+    cond = torch.randn(2, 4, int(model.config.dit["caption_channels"]))
+    cmask = torch.ones(2, 4, dtype=torch.long)
+    weight = torch.ones(2, 1, 16, 16)
+    weight[:, :, :8] = 0.0  # only the lower half counts
+    with torch.no_grad():
+        half = train.flow_loss(model, x, cond, cmask, torch.Generator().manual_seed(1), 3.0, weight=weight)
+        gen = torch.Generator().manual_seed(1)
+        b = x.shape[0]
+        u = torch.rand((b,), generator=gen).clamp_min(1e-3)
+        t = 1000.0 * 3.0 * u / (1 + 2.0 * u)
+        sigma = (t / 1000.0).view(b, 1, 1, 1)
+        eps = torch.randn(x.shape, generator=gen)
+        v = model.dit(
+            hidden_states=(1 - sigma) * x + sigma * eps,
+            encoder_hidden_states=cond,
+            timestep=t,
+            encoder_attention_mask=cmask,
+            return_dict=False,
+        )[0]
+    want = (v - (eps - x)).pow(2)[:, :, 8:].mean()
+    assert torch.allclose(half, want, atol=1e-6)
 
 
 def test_questions_name_the_objects_they_ask_about() -> None:

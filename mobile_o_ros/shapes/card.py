@@ -26,6 +26,12 @@ def _machine_words(report: dict[str, Any]) -> str:
     return f", on {m['cpu']} ({m['cpu_count']} cores, {m['torch_cpu_capability']})"
 
 
+def _processes_words(report: dict[str, Any]) -> str:
+    """How many processes ran stages (c0)–(d) when the recipe ran them data-parallel ("" for one)."""
+    n = int(report.get("recipe", {}).get("data_parallel", 1))
+    return f" per process, stages (c0)–(d) data-parallel over {n} processes" if n > 1 else ""
+
+
 def record_scores(
     model_dir: Path, backends: tuple[str, ...] = ("torch", "onnxruntime"), log: Any = print
 ) -> dict[str, Any]:
@@ -73,6 +79,7 @@ def write_card(model_dir: Path, scores: dict[str, Any]) -> Path:
         " (the released model: 1024 px, 256 tokens, 32×16×16, 512 px).",
         f"- Reproduce: `mobile-o train-demo OUT_DIR --seed {report['seed']}`"
         f" ({report['total_seconds'] / 60:.1f} min here, {report['torch_threads']} torch thread(s)"
+        + _processes_words(report)
         + _machine_words(report)
         + "; stage times differ ~2.5× between machines of this size).",
         "",

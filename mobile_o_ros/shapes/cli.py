@@ -91,7 +91,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         help="torch CPU threads of the main process (default 1: this small model's steps run as fast or "
-        "faster on one, and the autoencoder's worker process takes the other core)",
+        "faster on one; a worker process takes the other core: the autoencoder's, then a data-parallel "
+        "rank)",
     )
     p.add_argument("--json", action="store_true", help="print the training report as JSON")
     p.set_defaults(func=cmd_train_demo)
