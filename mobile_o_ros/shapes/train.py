@@ -1265,7 +1265,9 @@ def generation_stages(
     log: Log,
 ) -> list[StageReport]:
     """Stages (c0), (c) and (d), in this process or as one rank of a data-parallel group (each rank draws
-    its share of every batch from its own ``rng``; the gradients are averaged in :func:`_update`)."""
+    its share of every batch from its own ``rng``; the gradients are averaged in :func:`_update`). The
+    reported losses of (c0) and (c) are means over the ranks; the probe's read-outs and the parts of (d)'s
+    loss are rank 0's (half of each batch)."""
     return [
         train_conditioning(model, tok, cache, probe, recipe, rng, log),
         train_dit(model, tok, cache, recipe, rng, log, probe),
