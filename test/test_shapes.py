@@ -505,6 +505,20 @@ def test_flow_loss_weights_latent_pixels_on_and_next_to_objects() -> None:
     assert torch.allclose(half, want, atol=1e-6)
 
 
+def test_training_questions_repeat_the_named_categories() -> None:
+    pytest.importorskip("torch")
+    from mobile_o_ros.shapes import train
+
+    scene = world.make_scene(3)
+    plain = train.training_questions(scene, random.Random(1))
+    more = train.training_questions(scene, random.Random(1), repeats=(("position", 2), ("shape", 1)))
+    assert more[: len(plain)] == plain
+    count = Counter(q.category for q in more)
+    base = Counter(q.category for q in plain)
+    assert count["position"] == 3 * base["position"] and count["shape"] == 2 * base["shape"]
+    assert count["colour"] == base["colour"] and count["background"] == 1
+
+
 def test_questions_name_the_objects_they_ask_about() -> None:
     for seed in range(50):
         scene = world.make_scene(seed)
