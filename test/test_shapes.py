@@ -505,18 +505,34 @@ def test_flow_loss_weights_latent_pixels_on_and_next_to_objects() -> None:
     assert torch.allclose(half, want, atol=1e-6)
 
 
-def test_training_questions_repeat_the_named_categories() -> None:
-    pytest.importorskip("torch")
+def test_question_weights_equal_repeated_questions(tmp_path: Path) -> None:
+    """Weighting a category's questions by k in the VQA losses gives the answer CE and the attention loss
+    that k copies of each of those questions give (without running the copies through the LLM)."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros import prompts
     from mobile_o_ros.shapes import train
 
-    scene = world.make_scene(3)
-    plain = train.training_questions(scene, random.Random(1))
-    more = train.training_questions(scene, random.Random(1), repeats=(("position", 2), ("shape", 1)))
-    assert more[: len(plain)] == plain
-    count = Counter(q.category for q in more)
-    base = Counter(q.category for q in plain)
-    assert count["position"] == 3 * base["position"] and count["shape"] == 2 * base["shape"]
-    assert count["colour"] == base["colour"] and count["background"] == 1
+    tok, model = _untrained_shapes_model(tmp_path)
+    rng = random.Random(0)
+    scenes = [world.make_scene(i) for i in (3, 4)]
+    qsets = [train.training_questions(s, rng) for s in scenes]
+    repeated = [
+        qs + [q for q in qs if q.category == "position"] * 2 + [q for q in qs if q.category == "shape"]
+        for qs in qsets
+    ]
+    assert sum(len(r) for r in repeated) > sum(len(q) for q in qsets)
+    grid = round(model.config.num_image_tokens**0.5)
+    objects = [train.token_objects(s, grid) for s in scenes]
+    img = 0.5 * torch.randn(2, model.config.num_image_tokens, model.config.hidden_size)
+    weights = (("position", 3.0), ("shape", 2.0))
+    with torch.no_grad():
+        ce_w, att_w = train.vqa_losses_shared(
+            model, tok, img, qsets, prompts.vqa_prompt, objects, (2,), weights
+        )
+        ce_r, att_r = train.vqa_losses_shared(model, tok, img, repeated, prompts.vqa_prompt, objects, (2,))
+        ce_1, _ = train.vqa_losses_shared(model, tok, img, qsets, prompts.vqa_prompt, objects, (2,))
+    assert torch.allclose(ce_w, ce_r, atol=1e-5) and torch.allclose(att_w, att_r, atol=1e-5)
+    assert not torch.allclose(ce_w, ce_1, atol=1e-4)
 
 
 def test_questions_name_the_objects_they_ask_about() -> None:

@@ -96,11 +96,13 @@ class Recipe:
     # 2 and 3: 73.0%, 0.81. After 450 steps at 1.0 (layer 2), (c0) read 0.82: when (c0) leaves its plateau
     # varies between runs.
     vqa_attention_weight: float = 1.0
-    # Extra copies of the position and shape questions in (b2) and (d). Measured, 300 more (b2) steps from
-    # the same state (300 held-out questions): without 81.3% (position 40%), with 87.7% (position 80%);
-    # position questions alone: position 85%. The tokens say where objects are (a linear read-out finds
-    # it at 99% in every LLM layer); carrying it to the answer loses out to the easier questions.
-    vqa_question_repeats: tuple[tuple[str, int], ...] = (("position", 2), ("shape", 1))
+    # How much the position and shape questions weigh in the VQA losses of (b2) and (d) (others: 1).
+    # Measured, 300 more (b2) steps from the same state (300 held-out questions): without 81.3% (position
+    # 40%), with 87.7% (position 80%); position questions alone: position 85%. The tokens say where
+    # objects are (a linear read-out finds it at 99% in every LLM layer); carrying it to the answer loses
+    # out to the easier questions. (Measured as repeated questions; weights give the same losses without
+    # running the repeats through the LLM.)
+    vqa_question_weights: tuple[tuple[str, float], ...] = (("position", 3.0), ("shape", 2.0))
     vqa_attention_layers: tuple[int, ...] = (2,)
     # cached sets for (b2), (c) and (d)
     gen_scenes: int = 3000
@@ -522,21 +524,11 @@ def train_autoencoder(model: MobileO, recipe: Recipe, rng: random.Random, log: L
     return report
 
 
-def training_questions(
-    scene: world.Scene,
-    rng: random.Random,
-    rounds: int = 1,
-    repeats: Sequence[tuple[str, int]] = (),
-) -> list[world.Question]:
+def training_questions(scene: world.Scene, rng: random.Random, rounds: int = 1) -> list[world.Question]:
     """:func:`world.all_questions` plus the background's colour (a training-only question: without it
-    nothing asks the LLM to keep the caption's last words, and the DiT then draws random backgrounds),
-    plus ``extra`` more copies of each question of a category for every (category, extra) in ``repeats``
-    (its answers then weigh that much more in the mean CE)."""
+    nothing asks the LLM to keep the caption's last words, and the DiT then draws random backgrounds)."""
     bg = world.Question("background", "what colour is the background?", scene.background)
-    questions = [*world.all_questions(scene, rng, rounds), bg]
-    for category, extra in repeats:
-        questions += [q for q in questions if q.category == category] * extra
-    return questions
+    return [*world.all_questions(scene, rng, rounds), bg]
 
 
 def short_vqa_prompt(question: str) -> str:
@@ -564,6 +556,7 @@ def vqa_losses_shared(
     template: Callable[[str], str] = prompts.vqa_prompt,
     image_objects: Sequence[np.ndarray] | None = None,
     attention_layers: Sequence[int] = (),
+    category_weights: Sequence[tuple[str, float]] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The answer CE (mean next-token CE over the answer tokens) of every (image, question) pair, computing
     each image's prompt prefix (text before the question: system turn, user header, image tokens) once
@@ -575,7 +568,11 @@ def vqa_losses_shared(
     averaged, put from the token that predicts the answer on the image tokens of those objects); else 0.
     It teaches the LLM where to look, which the answer CE alone teaches slowly: measured, the shipped
     4-layer LLM answered "what colour is the triangle?" about three-shape scenes right 41% of the time,
-    about as often as naming a random object's colour."""
+    about as often as naming a random object's colour.
+
+    ``category_weights`` ((category, weight) pairs, others 1) weigh each question's answer tokens and
+    attention term in both means, as that many copies of the question would."""
+    weight_of = dict(category_weights)
     ids = tok.image_prompt(template("?"))
     cut = ids.index(prompts.IMAGE_TOKEN_INDEX)
     n = image_embeds.shape[0]
@@ -583,7 +580,7 @@ def vqa_losses_shared(
     if cut:
         parts.insert(0, model.embed_tokens(torch.tensor(ids[:cut])[None]).expand(n, -1, -1))
     prefix = torch.cat(parts, dim=1)
-    rows, seqs, labels, targets = [], [], [], []
+    rows, seqs, labels, weights, targets = [], [], [], [], []
     for i, qs in enumerate(questions):
         for q in qs:
             q_ids = tok.image_prompt(template(q.question))
@@ -592,20 +589,25 @@ def vqa_losses_shared(
             rows.append(i)
             seqs.append(model.embed_tokens(torch.tensor(tail + answer)[None])[0])
             labels.append(torch.tensor([-100] * len(tail) + answer))
+            weights.append(float(weight_of.get(q.category, 1.0)))
             if image_objects is not None and q.objects:
                 on = np.isin(image_objects[i], [k + 1 for k in q.objects])
                 targets.append((len(rows) - 1, len(tail) - 1, (cut + np.flatnonzero(on)).tolist()))
     supervise = bool(attention_layers) and any(t[2] for t in targets)
-    out = continue_from_prefixes(model, list(prefix), rows, seqs, labels, output_attentions=supervise)
+    out = continue_from_prefixes(
+        model, list(prefix), rows, seqs, labels, output_attentions=supervise, weights=weights
+    )
     if not supervise:
         return out.loss, prefix.new_zeros(())
-    terms = []
+    terms, term_weights = [], []
     for layer in attention_layers:
         probs = out.attentions[layer].mean(1)  # [rows, tail, prefix + tail], heads averaged
         for row, query, keys in targets:
             if keys:
                 terms.append(-torch.log(probs[row, query, keys].sum() + 1e-6))
-    return out.loss, torch.stack(terms).mean()
+                term_weights.append(weights[row])
+    w = torch.tensor(term_weights)
+    return out.loss, (torch.stack(terms) * w).sum() / w.sum()
 
 
 def continue_from_prefixes(
@@ -615,13 +617,15 @@ def continue_from_prefixes(
     seqs: Sequence[torch.Tensor],
     labels: Sequence[torch.Tensor],
     output_attentions: bool = False,
+    weights: Sequence[float] | None = None,
 ) -> Any:
     """The LLM over ``prefixes[rows[j]]`` followed by ``seqs[j]`` (embeddings [L, D]) for every j, each
     prefix computed once: a causal LLM's prefix states do not depend on what follows, so every
     continuation runs from its prefix's KV cache (gradients flow through it). Prefixes are right-padded
     and masked, and each continuation's positions start at its own prefix's length, so each row sees the
     positions its whole sequence would. ``labels`` (per continuation, −100: no loss) give ``.loss``, the
-    mean next-token CE; with ``output_attentions`` (eager attention) ``.attentions`` hold per layer
+    mean next-token CE (with ``weights``, per continuation, the weighted mean over the labelled tokens);
+    with ``output_attentions`` (eager attention) ``.attentions`` hold per layer
     [rows, heads, continuation, padded prefix + continuation]."""
     prefix, prefix_mask = pad_batch(prefixes)
     cache = model.llm.model(inputs_embeds=prefix, attention_mask=prefix_mask, use_cache=True).past_key_values
@@ -637,10 +641,30 @@ def continue_from_prefixes(
         labels=pad_labels(labels, mask),
         use_cache=True,
     )
+    if weights is not None:
+        targets = kwargs.pop("labels")
     if not output_attentions:
-        return model.llm(**kwargs)
-    with eager_attention(model):
-        return model.llm(**kwargs, output_attentions=True)
+        out = model.llm(**kwargs)
+    else:
+        with eager_attention(model):
+            out = model.llm(**kwargs, output_attentions=True)
+    if weights is not None:
+        out.loss = weighted_next_token_ce(out.logits, targets, torch.tensor(list(weights)))
+    return out
+
+
+def weighted_next_token_ce(
+    logits: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor
+) -> torch.Tensor:
+    """Next-token CE of ``logits`` [B, T, V] against ``labels`` [B, T] (−100: none), each row's tokens
+    weighted by ``row_weights`` [B]; the weighted mean over the labelled tokens (all weights 1: the
+    mean CE that HF's causal-LM loss gives)."""
+    target = labels[:, 1:]
+    ce = F.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), target.clamp(min=0), reduction="none"
+    )  # [B, T-1]
+    w = row_weights[:, None] * (target != -100)
+    return (ce * w).sum() / w.sum()
 
 
 def vqa_loss_shared(
@@ -914,14 +938,18 @@ def train_vqa(
         short = step < recipe.vlm_short_steps
         idx = [rng.randrange(m) for _ in range(recipe.vlm_images)]
         img = model.mm_projector(cache.source_feats[idx])
-        qsets = [
-            training_questions(cache.sources[i].source, rng, recipe.vlm_rounds, recipe.vqa_question_repeats)
-            for i in idx
-        ]
+        qsets = [training_questions(cache.sources[i].source, rng, recipe.vlm_rounds) for i in idx]
         template = short_vqa_prompt if short else prompts.vqa_prompt
         objects = _image_objects(model, [cache.sources[i].source for i in idx], recipe)
         loss, attention = vqa_losses_shared(
-            model, tok, img, qsets, template, objects, recipe.vqa_attention_layers
+            model,
+            tok,
+            img,
+            qsets,
+            template,
+            objects,
+            recipe.vqa_attention_layers,
+            recipe.vqa_question_weights,
         )
         scenes = [world.make_scene(next(seeds)) for _ in range(recipe.vlm_captions)]
         cap = caption_qa_loss(model, tok, scenes, rng, short)
@@ -1167,12 +1195,17 @@ def train_joint(
             probe, c2, m2, k2, [cache.sources[i].target for i in ei]
         )
         img = model.mm_projector(cache.source_feats[vi])
-        vqa_sets = [
-            training_questions(cache.sources[i].source, rng, repeats=recipe.vqa_question_repeats) for i in vi
-        ]
+        vqa_sets = [training_questions(cache.sources[i].source, rng) for i in vi]
         objects = _image_objects(model, [cache.sources[i].source for i in vi], recipe)
         l_vqa, l_att = vqa_losses_shared(
-            model, tok, img, vqa_sets, prompts.vqa_prompt, objects, recipe.vqa_attention_layers
+            model,
+            tok,
+            img,
+            vqa_sets,
+            prompts.vqa_prompt,
+            objects,
+            recipe.vqa_attention_layers,
+            recipe.vqa_question_weights,
         )
         l_vqa = l_vqa + recipe.vqa_attention_weight * l_att
         loss = l_gen + l_edit + recipe.ce_weight * l_vqa + recipe.probe_weight * l_probe
