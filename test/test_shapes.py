@@ -678,6 +678,15 @@ def test_selftest_small_sample_matches_model_card(small_selftest: dict) -> None:
     assert small_selftest["vqa"]["n"] == 5 * small_selftest["limits"]["vqa"]
 
 
+def test_selftest_samples_with_the_models_own_defaults(small_selftest: dict) -> None:
+    """Without --steps/--guidance the self-test uses the checkpoint's sampling defaults, and says so."""
+    from mobile_o_ros.model_config import config_from_checkpoint_json
+
+    cfg = config_from_checkpoint_json(json.loads((_shipped() / "config.json").read_text()))
+    want = {"steps": cfg.defaults.steps, "guidance_scale": cfg.defaults.guidance_scale}
+    assert small_selftest["sampling"] == want
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="the shipped shapes model misses the issue-6 targets (figures in mobile_o_ros/models/shapes/"

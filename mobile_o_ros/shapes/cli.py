@@ -51,8 +51,10 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     from mobile_o_ros.shapes import selftest
 
     try:
-        validation.check_steps(args.steps)
-        validation.check_guidance(args.guidance)
+        if args.steps is not None:
+            validation.check_steps(args.steps)
+        if args.guidance is not None:
+            validation.check_guidance(args.guidance)
     except validation.InvalidRequest as err:
         return _error(str(err))
     limits = None
@@ -111,8 +113,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         help="items: VQA questions per category and captions = N, edits per kind = N/3",
     )
     p.add_argument("--tasks", default=None, help="comma-separated subset of vqa,generation,editing")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance", type=float, default=1.5, help="CFG scale (default 1.5)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 20)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="CFG scale (default: the model's; the embedded model's is its card's, the reference's 1.5)",
+    )
     p.add_argument("--save-images", default=None, help="write a few generated/edited images here")
     p.add_argument("--strict", action="store_true", help="exit 1 when a score is below its target")
     p.add_argument("--json", action="store_true")

@@ -46,6 +46,8 @@ class Engine(Protocol):
 
     name: str
     latent_shape: tuple[int, ...]
+    steps: int
+    guidance: float
 
     def answer(self, image: np.ndarray, question: str) -> str:
         """Greedy answer to a question about an RGB image."""
@@ -74,9 +76,10 @@ class TorchEngine:
 
     @classmethod
     def load(
-        cls, model_dir: Path, steps: int = 20, guidance: float = 1.5, dtype: str = "fp32"
+        cls, model_dir: Path, steps: int | None = None, guidance: float | None = None, dtype: str = "fp32"
     ) -> TorchEngine:
-        """Load a checkpoint folder strictly into the reference pipelines."""
+        """Load a checkpoint folder strictly into the reference pipelines (``steps`` and ``guidance``
+        default to the model's own, ``config.defaults``)."""
         import torch
 
         from mobile_o_ros.reference.checkpoint import load_checkpoint
@@ -85,7 +88,13 @@ class TorchEngine:
         loaded = load_checkpoint(model_dir)
         gen_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
         pipe = ReferencePipeline(loaded.model, loaded.tokenizer, gen_dtype=gen_dtype)
-        return cls(pipe, steps, guidance, loaded.config.defaults.max_new_tokens)
+        d = loaded.config.defaults
+        return cls(
+            pipe,
+            d.steps if steps is None else steps,
+            d.guidance_scale if guidance is None else guidance,
+            d.max_new_tokens,
+        )
 
     def answer(self, image: np.ndarray, question: str) -> str:
         """Greedy VQA."""
@@ -122,12 +131,22 @@ class RuntimeEngine:
         return tuple(self.runtime.latent_shape)
 
     @classmethod
-    def load(cls, export_dir: Path, backend: str, steps: int = 20, guidance: float = 1.5) -> RuntimeEngine:
-        """Open an export folder with the named backend."""
+    def load(
+        cls, export_dir: Path, backend: str, steps: int | None = None, guidance: float | None = None
+    ) -> RuntimeEngine:
+        """Open an export folder with the named backend (``steps`` and ``guidance`` default to the model's
+        own, from the export manifest)."""
         from mobile_o_ros.runtime.engine import MobileORuntime
 
         runtime = MobileORuntime.load(export_dir, backend=backend)
-        return cls(runtime, steps, guidance, int(runtime.defaults["max_new_tokens"]), backend)
+        d = runtime.defaults
+        return cls(
+            runtime,
+            int(d["steps"]) if steps is None else steps,
+            float(d["guidance_scale"]) if guidance is None else guidance,
+            int(d["max_new_tokens"]),
+            backend,
+        )
 
     def answer(self, image: np.ndarray, question: str) -> str:
         """Greedy VQA."""
@@ -183,8 +202,8 @@ def cached_export(model_dir: Path, progress: Progress | None = None) -> Path:
 def load_engine(
     model: str | Path | None,
     backend: str = "torch",
-    steps: int = 20,
-    guidance: float = 1.5,
+    steps: int | None = None,
+    guidance: float | None = None,
     progress: Progress | None = None,
 ) -> Engine:
     """An engine for a checkpoint folder (any backend: runtime backends export it, cached) or an export
@@ -345,7 +364,11 @@ def run_selftest(
 ) -> dict[str, Any]:
     """Run the chosen tasks; returns per-task results, overall scores and whether each meets its target."""
     limits = {**DEFAULT_LIMITS, **(limits or {})}
-    result: dict[str, Any] = {"backend": engine.name, "limits": limits}
+    result: dict[str, Any] = {
+        "backend": engine.name,
+        "limits": limits,
+        "sampling": {"steps": engine.steps, "guidance_scale": engine.guidance},
+    }
     t0 = time.perf_counter()
     if "vqa" in tasks:
         result["vqa"] = run_vqa(engine, limits["vqa"], progress)
@@ -361,7 +384,11 @@ def run_selftest(
 
 def format_report(result: dict[str, Any]) -> str:
     """A plain-text table of a :func:`run_selftest` result."""
-    lines = [f"backend: {result['backend']}  ({result['seconds']} s)"]
+    sampling = result.get("sampling", {})
+    lines = [
+        f"backend: {result['backend']}  ({result['seconds']} s)  "
+        f"steps {sampling.get('steps')}, CFG {sampling.get('guidance_scale')}"
+    ]
     for task, keys in (
         ("vqa", [*world.QUESTION_CATEGORIES]),
         ("generation", None),
