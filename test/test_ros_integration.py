@@ -388,7 +388,10 @@ def test_cancel_stops_an_answer_within_a_token(client, server) -> None:
     assert status == GoalStatus.STATUS_CANCELED
     tokens = [fb.num_tokens for _, fb in call.received]
     assert result.message == f"cancelled after {tokens[-1]} token(s)" and result.num_tokens == tokens[-1]
-    assert tokens == list(range(1, tokens[-1] + 1)) and tokens[-1] < 1500
+    # Feedback is cumulative (the text so far) on a KEEP_LAST 100 topic: a client that falls behind a fast
+    # model may skip intermediate messages (seen once in a loaded full-suite run: 1, 102, 123, 124, ...),
+    # so ask for strictly increasing counts, not every one.
+    assert tokens == sorted(set(tokens)) and tokens[-1] < 1500
     pattern = r"ask goal cancelled: requested after (\d+), stopped after (\d+)"
     assert wait_until(lambda: re.search(pattern, server.log()), 5.0)
     at_cancel, stopped = map(int, re.findall(pattern, server.log())[-1])
