@@ -918,6 +918,33 @@ def encode_latents(model: MobileO, cache: Cache, log: Log) -> None:
     log(f"[cache] {len(cache.scenes)} scene latents ({time.perf_counter() - t0:.0f} s)")
 
 
+def _image_vqa_losses(
+    model: MobileO,
+    tok: PromptTokens,
+    cache: Cache,
+    idx: Sequence[int],
+    rng: random.Random,
+    recipe: Recipe,
+    rounds: int = 1,
+    template: Callable[[str], str] = prompts.vqa_prompt,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(answer CE, attention loss) of :func:`vqa_losses_shared` on ``rounds`` rounds of training questions
+    about each cached source image ``idx``, with the recipe's attention layers and question weights."""
+    img = model.mm_projector(cache.source_feats[list(idx)])
+    qsets = [training_questions(cache.sources[i].source, rng, rounds) for i in idx]
+    objects = _image_objects(model, [cache.sources[i].source for i in idx], recipe)
+    return vqa_losses_shared(
+        model,
+        tok,
+        img,
+        qsets,
+        template,
+        objects,
+        recipe.vqa_attention_layers,
+        recipe.vqa_question_weights,
+    )
+
+
 def train_vqa(
     model: MobileO, tok: PromptTokens, cache: Cache, recipe: Recipe, rng: random.Random, log: Log
 ) -> StageReport:
@@ -944,20 +971,8 @@ def train_vqa(
     for step in range(total):
         short = step < recipe.vlm_short_steps
         idx = [rng.randrange(m) for _ in range(recipe.vlm_images)]
-        img = model.mm_projector(cache.source_feats[idx])
-        qsets = [training_questions(cache.sources[i].source, rng, recipe.vlm_rounds) for i in idx]
         template = short_vqa_prompt if short else prompts.vqa_prompt
-        objects = _image_objects(model, [cache.sources[i].source for i in idx], recipe)
-        loss, attention = vqa_losses_shared(
-            model,
-            tok,
-            img,
-            qsets,
-            template,
-            objects,
-            recipe.vqa_attention_layers,
-            recipe.vqa_question_weights,
-        )
+        loss, attention = _image_vqa_losses(model, tok, cache, idx, rng, recipe, recipe.vlm_rounds, template)
         scenes = [world.make_scene(next(seeds)) for _ in range(recipe.vlm_captions)]
         cap = caption_qa_loss(model, tok, scenes, rng, short)
         _update(opt, sched, loss + cap + recipe.vqa_attention_weight * attention, params)
@@ -1043,19 +1058,7 @@ def _vqa_loss(
     about the cached source images ``idx``; 0 for none."""
     if not idx:
         return torch.zeros(())
-    img = model.mm_projector(cache.source_feats[list(idx)])
-    qsets = [training_questions(cache.sources[i].source, rng) for i in idx]
-    objects = _image_objects(model, [cache.sources[i].source for i in idx], recipe)
-    ce, attention = vqa_losses_shared(
-        model,
-        tok,
-        img,
-        qsets,
-        prompts.vqa_prompt,
-        objects,
-        recipe.vqa_attention_layers,
-        recipe.vqa_question_weights,
-    )
+    ce, attention = _image_vqa_losses(model, tok, cache, idx, rng, recipe)
     return ce + recipe.vqa_attention_weight * attention
 
 
