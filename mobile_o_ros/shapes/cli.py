@@ -118,7 +118,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--guidance",
         type=float,
         default=None,
-        help="CFG scale (default: the model's; the embedded model's is its card's, the reference's 1.5)",
+        help="CFG scale (default: the model's own; the embedded model's is the reference's 1.5)",
     )
     p.add_argument("--save-images", default=None, help="write a few generated/edited images here")
     p.add_argument("--strict", action="store_true", help="exit 1 when a score is below its target")
