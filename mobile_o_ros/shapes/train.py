@@ -1095,7 +1095,7 @@ def train_conditioning(
         c2, m2, _, _ = _edit_batch(model, tok, cache, ei, rng, 0.0, train_llm=True)
         l_gen, r_gen = probe(c1, m1, torch.stack([slot_labels(cache.scenes[i]) for i in gi]))
         l_edit, r_edit = probe(c2, m2, torch.stack([slot_labels(cache.sources[i].target) for i in ei]))
-        vi = [rng.randrange(m) for _ in range(parallel.share(recipe.cond_vqa))] if recipe.cond_vqa else []
+        vi = [rng.randrange(m) for _ in range(parallel.share(recipe.cond_vqa))]  # none: _vqa_loss gives 0
         l_vqa = _vqa_loss(model, tok, cache, vi, rng, recipe)
         report.losses.append(_update(opt, sched, l_gen + l_edit + recipe.ce_weight * l_vqa, core + vlm))
         read.append(float(r_gen))
