@@ -467,6 +467,121 @@ def test_joined_conditioning_leaves_each_rows_prediction_alone() -> None:
     assert torch.allclose(flat, mean, atol=1e-6)  # uniform weights: the unweighted loss
 
 
+def test_cross_attention_probs_are_what_the_dit_attends_with() -> None:
+    """The written-out cross-attention probabilities, times the values, give what SANA's processor gives
+    (masked tokens get none); a tap records the layer's inputs only while open."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.model_config import preset
+    from mobile_o_ros.reference.checkpoint import build_model
+    from mobile_o_ros.shapes import train
+
+    torch.manual_seed(0)
+    model = build_model(preset("shapes", vocab_size=1006)).eval()
+    width = int(model.config.dit["caption_channels"])
+    cond, mask = train.join_conditioning(
+        [
+            (torch.randn(2, 5, width), torch.ones(2, 5, dtype=torch.long)),
+            (torch.randn(1, 9, width), torch.ones(1, 9, dtype=torch.long)),
+        ]
+    )
+    x, t = torch.randn(3, *model.config.latent_shape), torch.full((3,), 400.0)
+    outputs = []
+    attn2 = model.dit.transformer_blocks[1].attn2
+    handle = attn2.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+    with torch.no_grad(), train.cross_attention_tap(model, 1) as seen:
+        model.dit(x, encoder_hidden_states=cond, timestep=t, encoder_attention_mask=mask)
+    handle.remove()
+    module, hidden, kv, bias = seen["args"]
+    with torch.no_grad():
+        probs = train.cross_attention_probs(module, hidden, kv, bias)
+        v = module.to_v(kv)
+        v = v.view(3, -1, module.heads, v.shape[-1] // module.heads).transpose(1, 2)
+        mixed = (probs @ v).transpose(1, 2).reshape(3, probs.shape[2], -1)
+        out = module.to_out[1](module.to_out[0](mixed))
+    assert probs.shape == (3, module.heads, 64, 9)
+    assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5) and float(probs[:2, ..., 5:].max()) < 1e-3
+    assert torch.allclose(out, outputs[0], atol=1e-5)
+    with torch.no_grad():
+        model.dit(x, encoder_hidden_states=cond, timestep=t, encoder_attention_mask=mask)
+    assert seen["args"][1] is hidden  # the tap is closed: nothing recorded after the block
+
+
+def _cells_of(scene: world.Scene, obj: world.Shape) -> np.ndarray:
+    """Indices of the 8 × 8 cells that ``obj`` covers in a 64 px render of ``scene``."""
+    labels = world.render_labels(scene, 64).reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(64, 64)
+    return np.flatnonzero((labels == scene.objects.index(obj) + 1).any(1))
+
+
+def test_copy_map_says_where_each_cell_of_the_edit_comes_from() -> None:
+    """Unchanged cells copy their own token; recoloured cells too; a moved object's new cells copy the cells
+    it stood on; cells left empty copy background tokens."""
+    pytest.importorskip("torch")
+    from mobile_o_ros.shapes import train
+
+    def background(scene: world.Scene) -> np.ndarray:  # cells showing only the background colour
+        img = world.render(scene, 64) == np.asarray(world.BACKGROUNDS[scene.background])
+        return img.all(-1).reshape(8, 8, 8, 8).all(axis=(1, 3)).reshape(64)
+
+    rng = random.Random(3)
+    for kind in world.EDIT_KINDS:
+        edit = next(
+            world.make_edit(s, rng, kind)
+            for s in world.make_scenes("train", 50)
+            if len(s.objects) == 2 and s.background == "white"
+        )
+        plain = train.copy_map(edit, 8).numpy()
+        full = train.copy_map(edit, 8, changed=True).numpy()
+        assert (
+            plain.shape == (64, 64) and (plain.sum(1) <= 1).all() and (plain == np.diag(np.diag(plain))).all()
+        )
+        old = _cells_of(edit.source, edit.obj)
+        assert (
+            not plain[old].any() and np.diag(plain)[background(edit.source) & background(edit.target)].all()
+        )
+        assert (full[np.diag(plain)] == plain[np.diag(plain)]).all()  # the unchanged cells as before
+        if kind == "recolour":
+            assert all(full[c, c] and full[c].sum() == 1 for c in old)
+        if kind == "move":
+            moved = next(o for o in edit.target.objects if o.position == edit.new_position)
+            new = _cells_of(edit.target, moved)
+            rows, cols = np.divmod(full[new].argmax(1), 8)
+            assert (full[new].sum(1) == 1).all()
+            dx, dy = (
+                np.subtract(world.POSITIONS[edit.new_position], world.POSITIONS[edit.obj.position]) * 8
+            ).round()
+            assert abs(np.median(new % 8 - cols) - dx) <= 1 and abs(np.median(new // 8 - rows) - dy) <= 1
+        if kind in ("remove", "move"):
+            emptied = [c for c in old if full[c].sum() > 1]
+            assert emptied and all((full[c] == background(edit.source)).all() for c in emptied)
+
+
+def test_copy_loss_asks_head_0_to_attend_where_the_copy_map_says() -> None:
+    """~0 when head 0 attends from each cell to its copy sources, log L when uniform; cells without a
+    source and the other heads are free; a cell with several sources may split its attention among them."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes import train
+
+    e, heads, n, length, start = 2, 4, 64, 80, 7
+    sources = torch.zeros(e, n, n, dtype=torch.bool)
+    sources[:, torch.arange(40), torch.arange(40)] = True  # cells 40.. ask nothing
+    sources[:, 5, :] = False
+    sources[:, 5, 60:64] = True  # cell 5: any of four tokens
+    copy = torch.full((e, heads, n, length), 1e-9)
+    copy[:, 0, torch.arange(n), start + torch.arange(n)] = 1.0
+    copy[:, 0, 5] = 1e-9
+    copy[:, 0, 5, start + 60 : start + 64] = 0.25
+    uniform = torch.full((e, heads, n, length), 1.0 / length)
+    assert float(train.copy_attention_loss(copy, [start] * e, sources)) < 1e-4
+    expected = (39 * np.log(length) + np.log(length / 4)) / 40
+    assert float(train.copy_attention_loss(uniform, [start] * e, sources)) == pytest.approx(
+        expected, rel=1e-4
+    )
+    free = copy.clone()
+    free[:, 1:] = uniform[:, 1:]
+    free[:, 0, 40:] = 1.0 / length
+    assert float(train.copy_attention_loss(free, [start] * e, sources)) < 1e-4
+
+
 def test_flow_loss_weights_latent_pixels_on_and_next_to_objects() -> None:
     torch = pytest.importorskip("torch")
     from mobile_o_ros.model_config import preset

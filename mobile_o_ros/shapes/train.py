@@ -14,13 +14,18 @@ out). Stages (facts §8, scaled down to minutes):
 (c0) **conditioning**: LLM, projector and MCP on a training-only read-out of the MCP output
     (:class:`ConditioningProbe`: per named position, what the target scene shows there), for captions and
     for edit prompts with their source images, with the VQA loss beside it; no DiT yet.
-(c) **DiT + MCP** with the VLM frozen: rectified flow on captions, ``x_t = (1−σ)x0 + σε``, target
+(c) **DiT + MCP** with the VLM frozen: rectified flow on captions (and ``dit_edits`` edit prompts per
+    step), ``x_t = (1−σ)x0 + σε``, target
     ``ε − x0``, σ drawn with the inference schedule's shift; the prompt is ``prompts.generation_prompt``,
     the MCP sees hidden_states[-4:] at each prompt's true length (it is not padding-invariant), the DiT a
     padded batch with ``encoder_attention_mask``. The unconditional branch (all-zero hidden states through
     the MCP, as CFG uses at inference) is trained with probability ``uncond_prob``. The probe's loss stays
     beside the flow loss here and in (d), at ``probe_weight``; the flow loss weighs latent pixels on and
-    next to objects up (``dit_object_weight``).
+    next to objects up (``dit_object_weight``). On edit rows, the copy loss (:func:`copy_attention_loss`,
+    training only) asks head 0 of one cross-attention layer to attend from each latent cell to the source
+    image token it should copy (:func:`copy_map`): without it the DiT's cross-attention from a cell to the
+    image token of the same cell stays at chance (1–4%, every head and layer) and the edits redraw the
+    source's objects in the wrong colours and shapes.
 (d) **joint post-training**: generation (caption → scene), editing (edit prompt with the source image's
     tokens → the edited scene's latents) and VQA (``ce_weight`` × CE) together; the LLM, projector, MCP
     and DiT train, the vision tower stays frozen (its features are cached; the paper trains it at a low LR).
@@ -112,10 +117,10 @@ class Recipe:
     # same (b2) state (slots the probe reads right for captions / edit prompts, then VQA on 300 held-out
     # questions): 6 edit rows, LLM LR 3e-4, no VQA: 0.81 / 0.56; 18 edit rows: 0.82 / 0.73; 18 rows at LR
     # 1e-3: 1.00 / 0.76 but VQA 3%; 18 rows at 1e-3 with 4 VQA images: 1.00 / 0.73, VQA 90.0%; the same
-    # at LR 3e-4: 0.82 / 0.65, VQA 86.3%.
+    # at LR 3e-4: 0.82 / 0.65, VQA 86.3%; 30 rows at 1e-3 with 4 VQA images: 1.00 / 0.79 (data-parallel).
     cond_steps: int = 350
     cond_batch: int = 24
-    cond_edits: int = 18
+    cond_edits: int = 30
     cond_vqa: int = 4
     cond_lr: float = 2e-3
     cond_llm_lr: float = 1e-3
@@ -132,6 +137,18 @@ class Recipe:
     dit_object_weight: float = 4.0
     dit_train_llm: bool = False
     dit_train_mcp: bool = True
+    dit_edits: int = 8  # edit rows per step beside the dit_batch caption rows (the LLM frozen)
+    # × the copy loss (:func:`copy_attention_loss`) on edit rows in (c) and (d): head 0 of the DiT's
+    # cross-attention in layer ``dit_copy_layer`` attends, from each latent cell the edit leaves unchanged,
+    # to the source image's token of the same cell (with ``dit_copy_changed``, from the changed cells too,
+    # as :func:`copy_map` says). Measured from one (b2) state, (c0) with 30 edit rows, (c) with 8 edit rows
+    # (200 held-out captions / 120 edits): no copy loss 76.0% / 16.7% (stop 19's model, 18 (c0) edit rows,
+    # none in (c)); unchanged cells, layer 1: 80.0% / 21.7%; all cells, layer 1: 74.0% / 26.7%; all cells,
+    # layer 2: 77.0% / 32.5%. Without it, attention from a cell to its own image token is 1–4% in every
+    # head and layer; with it, head 0 puts 0.97–0.99 there.
+    dit_copy_weight: float = 0.3
+    dit_copy_layer: int = 2
+    dit_copy_changed: bool = True
     # (d) joint
     joint_steps: int = 400
     joint_gen: int = 12
@@ -166,6 +183,7 @@ class Recipe:
             cond_vqa=2,
             dit_steps=24,
             dit_batch=8,
+            dit_edits=2,
             joint_steps=15,
             joint_gen=6,
             joint_edit=6,
@@ -859,6 +877,16 @@ class Cache:
     latents: torch.Tensor | None = None  # [N, *latent_shape], × scaling_factor (after stage a)
     object_masks: torch.Tensor | None = None  # [N, 1, H, W] (latent grid): 1 on and next to objects
     seconds: float = 0.0
+    copy_maps: dict[tuple[int, int, bool], torch.Tensor] | None = None  # memo of copy_map per edit
+
+    def copy_map(self, i: int, grid: int, changed: bool) -> torch.Tensor:
+        """:func:`copy_map` of edit ``i`` (memoised)."""
+        if self.copy_maps is None:
+            self.copy_maps = {}
+        key = (i, grid, changed)
+        if key not in self.copy_maps:
+            self.copy_maps[key] = copy_map(self.sources[i], grid, changed)
+        return self.copy_maps[key]
 
     def flow_weights(self, idx: Sequence[int], object_weight: float) -> torch.Tensor | None:
         """Per-latent-pixel weights of the flow loss for target scenes ``idx`` (None when unweighted)."""
@@ -1062,6 +1090,151 @@ def _vqa_loss(
     return ce + recipe.vqa_attention_weight * attention
 
 
+def _flow_rows(
+    model: MobileO,
+    tok: PromptTokens,
+    cache: Cache,
+    gi: Sequence[int],
+    ei: Sequence[int],
+    rng: random.Random,
+    gen: torch.Generator,
+    recipe: Recipe,
+    train_llm: bool,
+    probe: ConditioningProbe | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions of cached scenes ``gi`` and edits ``ei`` in one DiT batch → (the flow loss per row [B], the
+    auxiliary losses: ``probe_weight`` × the ``probe``'s on the conditional rows, ``dit_copy_weight`` × the
+    copy loss on the conditional edit rows)."""
+    c1, m1, x1, k1 = _gen_batch(model, tok, cache, gi, rng, recipe.uncond_prob, train_llm=train_llm)
+    parts, x0 = [(c1, m1)], [x1]
+    l_probe = _probe_loss(probe, c1, m1, k1, [cache.scenes[i] for i in gi])
+    if ei:
+        c2, m2, x2, k2 = _edit_batch(model, tok, cache, ei, rng, recipe.uncond_prob, train_llm=train_llm)
+        parts.append((c2, m2))
+        x0.append(x2)
+        l_probe = l_probe + _probe_loss(probe, c2, m2, k2, [cache.sources[i].target for i in ei])
+    cond, mask = join_conditioning(parts)
+    targets = [*gi, *(cache.source_latent_index[i] for i in ei)]
+    weight = cache.flow_weights(targets, recipe.dit_object_weight)
+    shift, high = recipe.train_shift, recipe.high_noise
+    copy = recipe.dit_copy_weight > 0 and bool(ei)
+    with cross_attention_tap(model, recipe.dit_copy_layer) if copy else contextlib.nullcontext({}) as seen:
+        rows = flow_loss(model, torch.cat(x0), cond, mask, gen, shift, high, per_row=True, weight=weight)
+    aux = recipe.probe_weight * l_probe
+    if copy:
+        module, hidden, kv, bias = seen["args"]
+        rows_e = slice(len(gi), None)
+        bias_e = None if bias is None else bias[rows_e]
+        probs = cross_attention_probs(module, hidden[rows_e], kv[rows_e], bias_e)
+        if probs.shape[2] != cache.source_feats.shape[1]:
+            raise ValueError(
+                f"copy loss: {probs.shape[2]} latent cells but {cache.source_feats.shape[1]} image tokens"
+            )
+        start = [
+            tok.image_prompt(prompts.edit_prompt(cache.sources[i].instruction)).index(
+                prompts.IMAGE_TOKEN_INDEX
+            )
+            for i in ei
+        ]
+        grid = int(probs.shape[2] ** 0.5)
+        maps = torch.stack([cache.copy_map(i, grid, recipe.dit_copy_changed) for i in ei]) & k2[:, None, None]
+        aux = aux + recipe.dit_copy_weight * copy_attention_loss(probs, start, maps)
+    return rows, aux
+
+
+def copy_map(edit: world.Edit, grid: int, changed: bool = False, cell: int = 8) -> torch.Tensor:
+    """Where each latent cell of the edited image may copy from: bool [grid², grid²] (row-major target cell →
+    source image tokens; a row of False: no copy asked).
+
+    A cell whose pixels the edit leaves as they were copies its own token. With ``changed``, so do the cells
+    of a recoloured object (its shape; the colour is the instruction's), a moved object's new cells copy the
+    cells it stood on (shifted back by the move), and cells the edit leaves empty copy any token that shows
+    only background; other changed cells ask nothing."""
+    n, side = grid * grid, grid * cell
+    src = world.render(edit.source, side).astype(np.int16)
+    tgt = world.render(edit.target, side).astype(np.int16)
+    same = (src == tgt).all(-1).reshape(grid, cell, grid, cell).all(axis=(1, 3)).reshape(n)
+    out = np.zeros((n, n), dtype=bool)
+    out[np.arange(n), np.arange(n)] = same
+    if changed:
+        labels = world.render_labels(edit.target, side).reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3)
+        labels = labels.reshape(n, cell * cell)
+
+        def plain(img: np.ndarray) -> np.ndarray:  # cells that show only the background colour
+            bg = np.asarray(world.BACKGROUNDS[edit.source.background], dtype=np.int16)
+            return (img == bg).all(-1).reshape(grid, cell, grid, cell).all(axis=(1, 3)).reshape(n)
+
+        empty, background = plain(tgt), plain(src)
+        covered = np.zeros(n, dtype=bool)  # cells showing the recoloured or moved object
+        if edit.kind != "remove":
+            where = edit.new_position or edit.obj.position
+            k = next(j for j, o in enumerate(edit.target.objects) if o.position == where)
+            covered = (labels == k + 1).any(1)
+        for c in np.flatnonzero(~same):
+            if covered[c] and edit.kind == "recolour":
+                out[c, c] = True
+            elif covered[c] and edit.kind == "move":
+                x0, y0 = world.POSITIONS[edit.obj.position]
+                x1, y1 = world.POSITIONS[edit.new_position or edit.obj.position]
+                r = int(np.clip(round(c // grid - (y1 - y0) * grid), 0, grid - 1))
+                col = int(np.clip(round(c % grid - (x1 - x0) * grid), 0, grid - 1))
+                out[c, r * grid + col] = True
+            elif empty[c]:
+                out[c] = background
+    return torch.from_numpy(out)
+
+
+@contextlib.contextmanager
+def cross_attention_tap(model: MobileO, layer: int) -> Iterator[dict[str, Any]]:
+    """Record the inputs of the DiT's cross-attention in ``layer`` (``"args"``: module, hidden states,
+    conditioning, mask bias) while the block is open."""
+    seen: dict[str, Any] = {}
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        seen["args"] = (module, hidden, kwargs["encoder_hidden_states"], kwargs.get("attention_mask"))
+
+    handle = model.dit.transformer_blocks[layer].attn2.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def cross_attention_probs(
+    module: Any, hidden: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The attention probabilities [B, heads, N, L] that SANA's cross-attention processor computes (its
+    ``scaled_dot_product_attention``, written out)."""
+    b = hidden.shape[0]
+    q, k = module.to_q(hidden), module.to_k(cond)
+    if module.norm_q is not None:
+        q = module.norm_q(q)
+    if module.norm_k is not None:
+        k = module.norm_k(k)
+    head_dim = k.shape[-1] // module.heads
+    q = q.view(b, -1, module.heads, head_dim).transpose(1, 2)
+    k = k.view(b, -1, module.heads, head_dim).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / head_dim**0.5
+    if bias is not None:
+        scores = scores + bias.view(b, 1, -1, bias.shape[-1])
+    return scores.softmax(-1)
+
+
+def copy_attention_loss(
+    probs: torch.Tensor, image_start: Sequence[int], sources: torch.Tensor
+) -> torch.Tensor:
+    """−log of the attention that head 0 pays, from each latent cell with a copy source, to those image
+    tokens (:func:`copy_map`), averaged over such cells: ``probs`` [E, heads, N, L] (edit rows),
+    ``image_start`` the first image token's index per row, ``sources`` bool [E, N, N]."""
+    n = sources.shape[-1]
+    tokens = torch.as_tensor(list(image_start))[:, None] + torch.arange(n)[None]  # [E, N]
+    p = probs[:, 0].gather(-1, tokens[:, None, :].expand(-1, probs.shape[2], -1))  # [E, cells, N]
+    mass = (p * sources).sum(-1)
+    asked = sources.any(-1).float()
+    return -(torch.log(mass + 1e-6) * asked).sum() / asked.sum().clamp_min(1.0)
+
+
 def train_conditioning(
     model: MobileO,
     tok: PromptTokens,
@@ -1147,17 +1320,14 @@ def train_dit(
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     report = StageReport("dit", recipe.dit_steps, 0.0)
     t0 = time.perf_counter()
-    n = len(cache.scenes)
+    n, m = len(cache.scenes), len(cache.sources)
+    read_out = probe if recipe.dit_train_mcp else None
     for step in range(recipe.dit_steps):
-        idx = [rng.randrange(n) for _ in range(parallel.share(recipe.dit_batch))]
-        cond, mask, x0, keep = _gen_batch(
-            model, tok, cache, idx, rng, recipe.uncond_prob, train_llm=recipe.dit_train_llm
-        )
-        weight = cache.flow_weights(idx, recipe.dit_object_weight)
-        loss = flow_loss(model, x0, cond, mask, gen, recipe.train_shift, recipe.high_noise, weight=weight)
-        if recipe.dit_train_mcp:
-            scenes = [cache.scenes[i] for i in idx]
-            loss = loss + recipe.probe_weight * _probe_loss(probe, cond, mask, keep, scenes)
+        gi = [rng.randrange(n) for _ in range(parallel.share(recipe.dit_batch))]
+        ei = [rng.randrange(m) for _ in range(parallel.share(recipe.dit_edits))]
+        train_llm = recipe.dit_train_llm
+        rows, aux = _flow_rows(model, tok, cache, gi, ei, rng, gen, recipe, train_llm, read_out)
+        loss = rows.mean() + aux
         report.losses.append(_update(opt, sched, loss, [p for g in groups for p in g["params"]]))
         if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.dit_steps:
             log(
@@ -1210,28 +1380,10 @@ def train_joint(
         gi = [rng.randrange(n) for _ in range(parallel.share(recipe.joint_gen))]
         ei = [rng.randrange(m) for _ in range(parallel.share(recipe.joint_edit))]
         vi = [rng.randrange(m) for _ in range(parallel.share(recipe.joint_vqa))]
-        c1, m1, x1, k1 = _gen_batch(model, tok, cache, gi, rng, recipe.uncond_prob, train_llm=True)
-        c2, m2, x2, k2 = _edit_batch(model, tok, cache, ei, rng, recipe.uncond_prob, train_llm=True)
-        cond, mask = join_conditioning([(c1, m1), (c2, m2)])
-        targets = gi + [cache.source_latent_index[i] for i in ei]
-        weight = cache.flow_weights(targets, recipe.dit_object_weight)
-        rows = flow_loss(
-            model,
-            torch.cat([x1, x2]),
-            cond,
-            mask,
-            gen,
-            recipe.train_shift,
-            recipe.high_noise,
-            per_row=True,
-            weight=weight,
-        )
+        rows, aux = _flow_rows(model, tok, cache, gi, ei, rng, gen, recipe, True, probe)
         l_gen, l_edit = rows[: len(gi)].mean(), rows[len(gi) :].mean()
-        l_probe = _probe_loss(probe, c1, m1, k1, [cache.scenes[i] for i in gi]) + _probe_loss(
-            probe, c2, m2, k2, [cache.sources[i].target for i in ei]
-        )
         l_vqa = _vqa_loss(model, tok, cache, vi, rng, recipe)
-        loss = l_gen + l_edit + recipe.ce_weight * l_vqa + recipe.probe_weight * l_probe
+        loss = l_gen + l_edit + recipe.ce_weight * l_vqa + aux
         _update(opt, sched, loss, core + lw + vlm)
         report.losses.append(float((l_gen + l_edit).detach()))
         for k, v in (("gen", l_gen), ("edit", l_edit), ("vqa", l_vqa)):
