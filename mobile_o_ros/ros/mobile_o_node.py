@@ -122,6 +122,9 @@ class MobileONode(LifecycleNode):
         self._pub_answer: Any = None
         self._pub_image: Any = None
         self._timer_continuous: Any = None
+        self._continuous_kick: Any = None  # guard condition: a tick deferred while the last job ran
+        self._continuous_deferred = False
+        self._continuous_lock = threading.Lock()  # one tick at a time (the callback group is reentrant)
         self._continuous_job: Job | None = None
         self._goal_jobs: dict[bytes, tuple[Job, list[int]]] = {}  # goal id -> (job, [steps/tokens done])
         self._cancelled_goals: dict[bytes, int] = {}  # goal id -> steps/tokens done when the cancel came
@@ -765,7 +768,10 @@ class MobileONode(LifecycleNode):
             return
         camera = self._resolve_camera(str(self._cfg.continuous_camera))
         period = 1.0 / float(self._cfg.continuous_rate_hz)
-        self._timer_continuous = self.create_timer(period, self._on_continuous_tick, callback_group=self._cbg)
+        tick = self._on_continuous_tick
+        self._timer_continuous = self.create_timer(period, tick, callback_group=self._cbg)
+        self._continuous_kick = self.create_guard_condition(tick, callback_group=self._cbg)
+        self._continuous_deferred = False
         self.get_logger().info(
             f"{TAG} Continuous question {question!r} on {camera} at "
             f"{self._cfg.continuous_rate_hz:g} Hz -> {self._pub_answer.topic_name}"
@@ -775,16 +781,31 @@ class MobileONode(LifecycleNode):
         if self._timer_continuous is not None:
             self.destroy_timer(self._timer_continuous)
             self._timer_continuous = None
+        if self._continuous_kick is not None:
+            self.destroy_guard_condition(self._continuous_kick)
+            self._continuous_kick = None
+        self._continuous_deferred = False
         job = self._continuous_job
         if job is not None:
             job.cancel()
 
     def _on_continuous_tick(self) -> None:
-        """Ask the continuous question about the latest frame, unless a job is still running."""
-        if not self._is_active or (
-            self._continuous_job is not None and not self._continuous_job.future.done()
-        ):
+        """Ask the continuous question about the latest frame; while the last one still runs, the tick is
+        deferred to its end (one at most), so that a slow answer delays the next instead of skipping it."""
+        if not self._continuous_lock.acquire(blocking=False):
+            return  # the timer and a deferred tick at once: one asks
+        try:
+            self._continuous_tick()
+        finally:
+            self._continuous_lock.release()
+
+    def _continuous_tick(self) -> None:
+        if not self._is_active:
             return
+        if self._continuous_job is not None and not self._continuous_job.future.done():
+            self._continuous_deferred = True
+            return
+        self._continuous_deferred = False
         question = str(self._cfg.continuous_question).strip()
         model = self._model
         if not question or model is None:
@@ -807,7 +828,14 @@ class MobileONode(LifecycleNode):
         except (BusyError, WorkerStopped):
             return  # a request is running or queued: requests come first
         self._continuous_job = job
-        job.future.add_done_callback(lambda fut: self._publish_answer(fut, header, cam, question, t0))
+        job.future.add_done_callback(lambda fut: self._on_continuous_done(fut, header, cam, question, t0))
+
+    def _on_continuous_done(self, fut: Any, header: Any, camera: str, question: str, t0: float) -> None:
+        """Publish the answer (worker thread); run a deferred tick now, on the executor."""
+        self._publish_answer(fut, header, camera, question, t0)
+        kick = self._continuous_kick
+        if self._continuous_deferred and kick is not None:
+            kick.trigger()
 
     def _publish_answer(self, fut: Any, header: Any, camera: str, question: str, t0: float) -> None:
         if fut.cancelled() or fut.exception() is not None:
