@@ -217,14 +217,16 @@ class MobileOClient:
         # Feedback straight from each action's feedback topic, routed to its ActionCall by goal id.
         self._routes: collections.OrderedDict[bytes, ActionCall] = collections.OrderedDict()
         feedback_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        for name, t in self.action_types.items():
-            self.node.create_subscription(
+        self._feedback_subs = {
+            name: self.node.create_subscription(
                 t.Impl.FeedbackMessage,
                 f"{self.name(name)}/_action/feedback",
                 self._route_feedback,
                 feedback_qos,
                 callback_group=group,
             )
+            for name, t in self.action_types.items()
+        }
         self._executor = MultiThreadedExecutor(num_threads=4, context=context)
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, name="mobile_o_client", daemon=True)
@@ -270,6 +272,11 @@ class MobileOClient:
         client = self._actions[action]
         if not client.wait_for_server(timeout_sec=self.wait_timeout):
             raise ClientError(f"action {self.name(action)} not available after {self.wait_timeout} s")
+        # The server's goal services can be found before our feedback subscription is matched to its
+        # publisher; feedback sent before that is lost (a fresh CLI process once got none of a short edit's).
+        sub, deadline = self._feedback_subs[action], time.monotonic() + self.wait_timeout
+        while sub.get_publisher_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         while len(self._routes) > 256:  # forget the oldest goals
             self._routes.popitem(last=False)
         wait = timeout if timeout is not None else self.wait_timeout
