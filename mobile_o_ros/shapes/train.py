@@ -1130,12 +1130,10 @@ def _flow_rows(
             raise ValueError(
                 f"copy loss: {probs.shape[2]} latent cells but {cache.source_feats.shape[1]} image tokens"
             )
-        start = [
-            tok.image_prompt(prompts.edit_prompt(cache.sources[i].instruction)).index(
-                prompts.IMAGE_TOKEN_INDEX
-            )
-            for i in ei
-        ]
+        # The image placeholder precedes the instruction, so every edit row's image tokens start at the same
+        # index (image_prompt tokenizes the text before it apart from the rest).
+        first = tok.image_prompt(prompts.edit_prompt(cache.sources[ei[0]].instruction))
+        start = [first.index(prompts.IMAGE_TOKEN_INDEX)] * len(ei)
         grid = int(probs.shape[2] ** 0.5)
         maps = torch.stack([cache.copy_map(i, grid, recipe.dit_copy_changed) for i in ei]) & k2[:, None, None]
         aux = aux + recipe.dit_copy_weight * copy_attention_loss(probs, start, maps)
