@@ -620,6 +620,30 @@ def test_flow_loss_weights_latent_pixels_on_and_next_to_objects() -> None:
     assert torch.allclose(half, want, atol=1e-6)
 
 
+def test_flow_weights_of_an_edit_row_cover_what_the_edit_takes_away() -> None:
+    """Caption rows weigh their scene's objects; an edit row its target's, and with ``with_source`` also the
+    source's: the cells a remove empties weigh as much as the objects drawn."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes import train
+
+    rng = random.Random(5)
+    scenes = [s for s in world.make_scenes("train", 40) if len(s.objects) == 2][:3]
+    edits = [world.make_edit(scenes[1], rng, "remove")]
+    scenes[1] = edits[0].target  # the cache holds the edits' targets
+    masks = torch.stack([train.latent_object_mask(s, 16, 128) for s in scenes])
+    cache = train.Cache(scenes, edits, torch.zeros(1, 64, 4), [1], object_masks=masks)
+    cache.source_masks = torch.stack([train.latent_object_mask(e.source, 16, 128) for e in edits])
+    without = cache.flow_weights([0, 2], [0], 4.0)
+    with_source = cache.flow_weights([0, 2], [0], 4.0, with_source=True)
+    assert without.shape == (3, 1, 16, 16) and torch.equal(without[:2], 1 + 4 * masks[[0, 2]])
+    assert torch.equal(without[2], 1 + 4 * masks[1]) and torch.equal(with_source[:2], without[:2])
+    removed = train.latent_object_mask(world.Scene(edits[0].source.background, (edits[0].obj,)), 16, 128)
+    gone = (removed[0] > 0) & (without[2, 0] == 1)  # next to the removed object only
+    assert bool(gone.any()) and bool((with_source[2, 0][gone] == 5).all())
+    assert torch.equal(with_source[2], torch.maximum(without[2], 1 + 4 * cache.source_masks[0]))
+    assert cache.flow_weights([0], [0], 0.0, with_source=True) is None
+
+
 def test_question_weights_equal_repeated_questions(tmp_path: Path) -> None:
     """Weighting a category's questions by k in the VQA losses gives the answer CE and the attention loss
     that k copies of each of those questions give (without running the copies through the LLM)."""

@@ -135,6 +135,9 @@ class Recipe:
     # flow loss × (1 + this) on and next to objects (latent pixels); 0 → 4: generation 43% → 52%, editing
     # 3% → 10% (60 captions, 30 edits; same prefix, 1500 + 400 steps)
     dit_object_weight: float = 4.0
+    # On edit rows, weigh the flow loss also on and next to the source's objects, so that the cells a
+    # remove or a move empties count as much as those it draws (without, they weigh 1 of 1 + 4).
+    dit_edit_source_weight: bool = False
     dit_train_llm: bool = False
     dit_train_mcp: bool = True
     dit_edits: int = 8  # edit rows per step beside the dit_batch caption rows (the LLM frozen)
@@ -878,6 +881,7 @@ class Cache:
     object_masks: torch.Tensor | None = None  # [N, 1, H, W] (latent grid): 1 on and next to objects
     seconds: float = 0.0
     copy_maps: dict[tuple[int, int, bool], torch.Tensor] | None = None  # memo of copy_map per edit
+    source_masks: torch.Tensor | None = None  # [M, 1, H, W]: object_masks of the edits' source scenes
 
     def copy_map(self, i: int, grid: int, changed: bool) -> torch.Tensor:
         """:func:`copy_map` of edit ``i`` (memoised)."""
@@ -888,11 +892,19 @@ class Cache:
             self.copy_maps[key] = copy_map(self.sources[i], grid, changed)
         return self.copy_maps[key]
 
-    def flow_weights(self, idx: Sequence[int], object_weight: float) -> torch.Tensor | None:
-        """Per-latent-pixel weights of the flow loss for target scenes ``idx`` (None when unweighted)."""
+    def flow_weights(
+        self, gi: Sequence[int], ei: Sequence[int], object_weight: float, with_source: bool = False
+    ) -> torch.Tensor | None:
+        """Per-latent-pixel weights of the flow loss for the captions of target scenes ``gi`` then edits
+        ``ei`` (None when unweighted): 1 + ``object_weight`` on and next to the target's objects, and with
+        ``with_source`` on an edit row also the source's (where a remove or a move takes an object away)."""
         if object_weight <= 0 or self.object_masks is None:
             return None
-        return 1.0 + object_weight * self.object_masks[list(idx)]
+        masks = self.object_masks[[*gi, *(self.source_latent_index[i] for i in ei)]]
+        if with_source and ei and self.source_masks is not None:
+            source = self.source_masks[list(ei)]
+            masks = torch.cat([masks[: len(gi)], torch.maximum(masks[len(gi) :], source)])
+        return 1.0 + object_weight * masks
 
 
 @torch.no_grad()
@@ -942,6 +954,7 @@ def encode_latents(model: MobileO, cache: Cache, log: Log) -> None:
     cache.latents = torch.cat(lat) * sf
     grid = cache.latents.shape[-1]
     cache.object_masks = torch.stack([latent_object_mask(s, grid, size) for s in cache.scenes])
+    cache.source_masks = torch.stack([latent_object_mask(e.source, grid, size) for e in cache.sources])
     cache.seconds += time.perf_counter() - t0
     log(f"[cache] {len(cache.scenes)} scene latents ({time.perf_counter() - t0:.0f} s)")
 
@@ -1114,8 +1127,7 @@ def _flow_rows(
         x0.append(x2)
         l_probe = l_probe + _probe_loss(probe, c2, m2, k2, [cache.sources[i].target for i in ei])
     cond, mask = join_conditioning(parts)
-    targets = [*gi, *(cache.source_latent_index[i] for i in ei)]
-    weight = cache.flow_weights(targets, recipe.dit_object_weight)
+    weight = cache.flow_weights(gi, ei, recipe.dit_object_weight, recipe.dit_edit_source_weight)
     shift, high = recipe.train_shift, recipe.high_noise
     copy = recipe.dit_copy_weight > 0 and bool(ei)
     with cross_attention_tap(model, recipe.dit_copy_layer) if copy else contextlib.nullcontext({}) as seen:
