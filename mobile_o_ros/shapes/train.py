@@ -138,6 +138,8 @@ class Recipe:
     # On edit rows, weigh the flow loss also on and next to the source's objects, so that the cells a
     # remove or a move empties count as much as those it draws (without, they weigh 1 of 1 + 4).
     dit_edit_source_weight: bool = False
+    # and on an edit row × (1 + this) more where the edit changes pixels (and next to them)
+    dit_edit_changed_weight: float = 0.0
     dit_train_llm: bool = False
     dit_train_mcp: bool = True
     dit_edits: int = 8  # edit rows per step beside the dit_batch caption rows (the LLM frozen)
@@ -882,6 +884,7 @@ class Cache:
     seconds: float = 0.0
     copy_maps: dict[tuple[int, int, bool], torch.Tensor] | None = None  # memo of copy_map per edit
     source_masks: torch.Tensor | None = None  # [M, 1, H, W]: object_masks of the edits' source scenes
+    change_masks: torch.Tensor | None = None  # [M, 1, H, W]: 1 where an edit changes pixels, or next to it
 
     def copy_map(self, i: int, grid: int, changed: bool) -> torch.Tensor:
         """:func:`copy_map` of edit ``i`` (memoised)."""
@@ -893,18 +896,28 @@ class Cache:
         return self.copy_maps[key]
 
     def flow_weights(
-        self, gi: Sequence[int], ei: Sequence[int], object_weight: float, with_source: bool = False
+        self,
+        gi: Sequence[int],
+        ei: Sequence[int],
+        object_weight: float,
+        with_source: bool = False,
+        changed_weight: float = 0.0,
     ) -> torch.Tensor | None:
         """Per-latent-pixel weights of the flow loss for the captions of target scenes ``gi`` then edits
         ``ei`` (None when unweighted): 1 + ``object_weight`` on and next to the target's objects, and with
-        ``with_source`` on an edit row also the source's (where a remove or a move takes an object away)."""
+        ``with_source`` on an edit row also the source's (where a remove or a move takes an object away);
+        edit rows × (1 + ``changed_weight``) more where the edit changes pixels."""
         if object_weight <= 0 or self.object_masks is None:
             return None
         masks = self.object_masks[[*gi, *(self.source_latent_index[i] for i in ei)]]
         if with_source and ei and self.source_masks is not None:
             source = self.source_masks[list(ei)]
             masks = torch.cat([masks[: len(gi)], torch.maximum(masks[len(gi) :], source)])
-        return 1.0 + object_weight * masks
+        weights = 1.0 + object_weight * masks
+        if changed_weight > 0 and ei and self.change_masks is not None:
+            extra = torch.cat([torch.zeros_like(masks[: len(gi)]), self.change_masks[list(ei)]])
+            weights = weights * (1.0 + changed_weight * extra)
+        return weights
 
 
 @torch.no_grad()
@@ -938,6 +951,16 @@ def latent_object_mask(scene: world.Scene, grid: int, size: int) -> torch.Tensor
     return F.max_pool2d(mask, 3, stride=1, padding=1)[0]
 
 
+def latent_change_mask(edit: world.Edit, grid: int, size: int) -> torch.Tensor:
+    """float32 [1, grid, grid]: 1 at latent pixels whose ``size / grid`` cell differs between the edit's
+    source and target renders, or that border one, else 0."""
+    cell = size // grid
+    diff = (world.render(edit.source, size) != world.render(edit.target, size)).any(-1)
+    on = diff.reshape(grid, cell, grid, cell).any(axis=(1, 3))
+    mask = torch.from_numpy(on.astype(np.float32))[None, None]
+    return F.max_pool2d(mask, 3, stride=1, padding=1)[0]
+
+
 @torch.no_grad()
 def encode_latents(model: MobileO, cache: Cache, log: Log) -> None:
     """Encode the cache's target scenes with the trained VAE (× ``scaling_factor``)."""
@@ -955,6 +978,7 @@ def encode_latents(model: MobileO, cache: Cache, log: Log) -> None:
     grid = cache.latents.shape[-1]
     cache.object_masks = torch.stack([latent_object_mask(s, grid, size) for s in cache.scenes])
     cache.source_masks = torch.stack([latent_object_mask(e.source, grid, size) for e in cache.sources])
+    cache.change_masks = torch.stack([latent_change_mask(e, grid, size) for e in cache.sources])
     cache.seconds += time.perf_counter() - t0
     log(f"[cache] {len(cache.scenes)} scene latents ({time.perf_counter() - t0:.0f} s)")
 
@@ -1127,7 +1151,9 @@ def _flow_rows(
         x0.append(x2)
         l_probe = l_probe + _probe_loss(probe, c2, m2, k2, [cache.sources[i].target for i in ei])
     cond, mask = join_conditioning(parts)
-    weight = cache.flow_weights(gi, ei, recipe.dit_object_weight, recipe.dit_edit_source_weight)
+    weight = cache.flow_weights(
+        gi, ei, recipe.dit_object_weight, recipe.dit_edit_source_weight, recipe.dit_edit_changed_weight
+    )
     shift, high = recipe.train_shift, recipe.high_noise
     copy = recipe.dit_copy_weight > 0 and bool(ei)
     with cross_attention_tap(model, recipe.dit_copy_layer) if copy else contextlib.nullcontext({}) as seen:
