@@ -952,9 +952,7 @@ def latent_object_mask(scene: world.Scene, grid: int, size: int) -> torch.Tensor
     """float32 [1, grid, grid]: 1 at latent pixels whose ``size / grid`` cell of a ``size`` px render shows
     part of an object, or that border one (where its outline is decided), else 0."""
     cell = size // grid
-    on = world.render_labels(scene, size).reshape(grid, cell, grid, cell).any(axis=(1, 3))
-    mask = torch.from_numpy(on.astype(np.float32))[None, None]
-    return F.max_pool2d(mask, 3, stride=1, padding=1)[0]
+    return _with_borders(world.render_labels(scene, size).reshape(grid, cell, grid, cell).any(axis=(1, 3)))
 
 
 def latent_change_mask(edit: world.Edit, grid: int, size: int) -> torch.Tensor:
@@ -962,7 +960,11 @@ def latent_change_mask(edit: world.Edit, grid: int, size: int) -> torch.Tensor:
     source and target renders, or that border one, else 0."""
     cell = size // grid
     diff = (world.render(edit.source, size) != world.render(edit.target, size)).any(-1)
-    on = diff.reshape(grid, cell, grid, cell).any(axis=(1, 3))
+    return _with_borders(diff.reshape(grid, cell, grid, cell).any(axis=(1, 3)))
+
+
+def _with_borders(on: np.ndarray) -> torch.Tensor:
+    """bool [H, W] → float32 [1, H, W]: 1 where ``on`` or next to it (3 × 3), else 0."""
     mask = torch.from_numpy(on.astype(np.float32))[None, None]
     return F.max_pool2d(mask, 3, stride=1, padding=1)[0]
 
