@@ -642,13 +642,6 @@ def test_flow_weights_of_an_edit_row_cover_what_the_edit_takes_away() -> None:
     assert bool(gone.any()) and bool((with_source[2, 0][gone] == 5).all())
     assert torch.equal(with_source[2], torch.maximum(without[2], 1 + 4 * cache.source_masks[0]))
     assert cache.flow_weights([0], [0], 0.0, with_source=True) is None
-    cache.change_masks = torch.stack([train.latent_change_mask(e, 16, 128) for e in edits])
-    changed = cache.change_masks[0, 0]
-    assert bool(changed[gone].all()) and int(changed.sum()) < 256  # the removed object, not the rest
-    keep = (removed[0] == 0) & (cache.source_masks[0, 0] > 0)  # the other object
-    assert not bool(changed[keep].any())
-    both = cache.flow_weights([0, 2], [0], 4.0, True, changed_weight=2.0)
-    assert torch.equal(both[:2], without[:2]) and torch.equal(both[2], with_source[2] * (1 + 2 * changed))
 
 
 def test_question_weights_equal_repeated_questions(tmp_path: Path) -> None:

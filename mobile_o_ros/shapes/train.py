@@ -137,16 +137,14 @@ class Recipe:
     dit_object_weight: float = 4.0
     # Edit rows per step in (c) beside the dit_batch caption rows (the LLM frozen), and on them the flow
     # loss also weighed on and next to the source's objects (``dit_edit_source_weight``), so that the cells
-    # a remove or a move empties count as much as those it draws (without, they weigh 1 of 1 + 4); and
-    # × (1 + ``dit_edit_changed_weight``) more where the edit changes pixels. Measured from one (b2) state
-    # with the copy loss below (120 held-out edits; (c) time): 8 rows 32.5% (767 s); 24 rows 37.5%
-    # (1110 s); 16 rows with source weights 41.7% (894 s), generation 79.0% of 200 captions (77.0% with
-    # 8 rows); the same + changed weight 2: 38.3%. From that 16-row (c) state, (d) with other draws:
-    # 36.7%; 24 edit rows in (d) 35.8%; 24 edit + 6 caption rows 39.2%; 600 steps 33.3%: run-to-run
-    # spread is ~±5 points, larger than these differences.
+    # a remove or a move empties count as much as those it draws (without, they weigh 1 of 1 + 4). Measured
+    # from one (b2) state with the copy loss below (120 held-out edits; (c) time): 8 rows 32.5% (767 s);
+    # 24 rows 37.5% (1110 s); 16 rows with source weights 41.7% (894 s), generation 79.0% of 200 captions
+    # (77.0% with 8 rows); the same with a further × 3 where the edit changes pixels: 38.3% (not kept).
+    # From that 16-row (c) state, (d) with other draws: 36.7%; 24 edit rows in (d) 35.8%; 24 edit + 6
+    # caption rows 39.2%; 600 steps 33.3%: run-to-run spread is ~±5 points, larger than these differences.
     dit_edits: int = 16
     dit_edit_source_weight: bool = True
-    dit_edit_changed_weight: float = 0.0
     dit_train_llm: bool = False
     dit_train_mcp: bool = True
     # × the copy loss (:func:`copy_attention_loss`) on edit rows in (c) and (d): head 0 of the DiT's
@@ -890,7 +888,6 @@ class Cache:
     seconds: float = 0.0
     copy_maps: dict[tuple[int, int, bool], torch.Tensor] | None = None  # memo of copy_map per edit
     source_masks: torch.Tensor | None = None  # [M, 1, H, W]: object_masks of the edits' source scenes
-    change_masks: torch.Tensor | None = None  # [M, 1, H, W]: 1 where an edit changes pixels, or next to it
 
     def copy_map(self, i: int, grid: int, changed: bool) -> torch.Tensor:
         """:func:`copy_map` of edit ``i`` (memoised)."""
@@ -902,28 +899,18 @@ class Cache:
         return self.copy_maps[key]
 
     def flow_weights(
-        self,
-        gi: Sequence[int],
-        ei: Sequence[int],
-        object_weight: float,
-        with_source: bool = False,
-        changed_weight: float = 0.0,
+        self, gi: Sequence[int], ei: Sequence[int], object_weight: float, with_source: bool = False
     ) -> torch.Tensor | None:
         """Per-latent-pixel weights of the flow loss for the captions of target scenes ``gi`` then edits
         ``ei`` (None when unweighted): 1 + ``object_weight`` on and next to the target's objects, and with
-        ``with_source`` on an edit row also the source's (where a remove or a move takes an object away);
-        edit rows × (1 + ``changed_weight``) more where the edit changes pixels."""
+        ``with_source`` on an edit row also the source's (where a remove or a move takes an object away)."""
         if object_weight <= 0 or self.object_masks is None:
             return None
         masks = self.object_masks[[*gi, *(self.source_latent_index[i] for i in ei)]]
         if with_source and ei and self.source_masks is not None:
             source = self.source_masks[list(ei)]
             masks = torch.cat([masks[: len(gi)], torch.maximum(masks[len(gi) :], source)])
-        weights = 1.0 + object_weight * masks
-        if changed_weight > 0 and ei and self.change_masks is not None:
-            extra = torch.cat([torch.zeros_like(masks[: len(gi)]), self.change_masks[list(ei)]])
-            weights = weights * (1.0 + changed_weight * extra)
-        return weights
+        return 1.0 + object_weight * masks
 
 
 @torch.no_grad()
@@ -952,19 +939,7 @@ def latent_object_mask(scene: world.Scene, grid: int, size: int) -> torch.Tensor
     """float32 [1, grid, grid]: 1 at latent pixels whose ``size / grid`` cell of a ``size`` px render shows
     part of an object, or that border one (where its outline is decided), else 0."""
     cell = size // grid
-    return _with_borders(world.render_labels(scene, size).reshape(grid, cell, grid, cell).any(axis=(1, 3)))
-
-
-def latent_change_mask(edit: world.Edit, grid: int, size: int) -> torch.Tensor:
-    """float32 [1, grid, grid]: 1 at latent pixels whose ``size / grid`` cell differs between the edit's
-    source and target renders, or that border one, else 0."""
-    cell = size // grid
-    diff = (world.render(edit.source, size) != world.render(edit.target, size)).any(-1)
-    return _with_borders(diff.reshape(grid, cell, grid, cell).any(axis=(1, 3)))
-
-
-def _with_borders(on: np.ndarray) -> torch.Tensor:
-    """bool [H, W] → float32 [1, H, W]: 1 where ``on`` or next to it (3 × 3), else 0."""
+    on = world.render_labels(scene, size).reshape(grid, cell, grid, cell).any(axis=(1, 3))
     mask = torch.from_numpy(on.astype(np.float32))[None, None]
     return F.max_pool2d(mask, 3, stride=1, padding=1)[0]
 
@@ -986,7 +961,6 @@ def encode_latents(model: MobileO, cache: Cache, log: Log) -> None:
     grid = cache.latents.shape[-1]
     cache.object_masks = torch.stack([latent_object_mask(s, grid, size) for s in cache.scenes])
     cache.source_masks = torch.stack([latent_object_mask(e.source, grid, size) for e in cache.sources])
-    cache.change_masks = torch.stack([latent_change_mask(e, grid, size) for e in cache.sources])
     cache.seconds += time.perf_counter() - t0
     log(f"[cache] {len(cache.scenes)} scene latents ({time.perf_counter() - t0:.0f} s)")
 
@@ -1159,9 +1133,7 @@ def _flow_rows(
         x0.append(x2)
         l_probe = l_probe + _probe_loss(probe, c2, m2, k2, [cache.sources[i].target for i in ei])
     cond, mask = join_conditioning(parts)
-    weight = cache.flow_weights(
-        gi, ei, recipe.dit_object_weight, recipe.dit_edit_source_weight, recipe.dit_edit_changed_weight
-    )
+    weight = cache.flow_weights(gi, ei, recipe.dit_object_weight, recipe.dit_edit_source_weight)
     shift, high = recipe.train_shift, recipe.high_noise
     copy = recipe.dit_copy_weight > 0 and bool(ei)
     with cross_attention_tap(model, recipe.dit_copy_layer) if copy else contextlib.nullcontext({}) as seen:
