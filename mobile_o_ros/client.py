@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import math
 import queue
 import re
 import threading
@@ -43,11 +45,29 @@ class ClientError(RuntimeError):
     """The server is unreachable, a goal was rejected, or a wait timed out."""
 
 
+def _wait_done(futures: list[Any], until: float) -> Any:
+    """The first of ``futures`` to complete, or None at ``time.monotonic()`` = ``until``.
+
+    Polls ``done()`` as well as waiting on a done callback: rclpy runs a future's done callbacks as tasks of
+    the executor, so an executor that is slow to run them must not stretch the wait.
+    """
+    event = threading.Event()
+    for future in futures:
+        future.add_done_callback(lambda _f: event.set())
+    while True:
+        for future in futures:
+            if future.done():
+                return future
+        left = until - time.monotonic()
+        if left <= 0:
+            return None
+        event.wait(min(left, 0.05))
+
+
 def _wait(future: Any, timeout: float | None, what: str) -> Any:
     """Block until an rclpy future completes (it is completed by the client's executor thread)."""
-    event = threading.Event()
-    future.add_done_callback(lambda _f: event.set())
-    if not event.wait(timeout):
+    until = time.monotonic() + (math.inf if timeout is None else timeout)
+    if _wait_done([future], until) is None:
         raise ClientError(f"timed out after {timeout} s waiting for {what}")
     if future.exception() is not None:
         raise ClientError(f"{what} failed: {future.exception()}")
@@ -82,6 +102,41 @@ def _expected_progress(result: Any, last: Any) -> int | None:
     return 0
 
 
+def _adopted_handle(action_client: Any, uuid_msg: Any) -> Any:
+    """A handle for a goal the server accepted but whose response was lost (result and cancel work)."""
+    from rclpy.action.client import ClientGoalHandle
+
+    response = action_client._action_type.Impl.SendGoalService.Response(accepted=True)
+    return ClientGoalHandle(action_client, uuid_msg, response)
+
+
+class GoalStatuses:
+    """Goal ids each action server lists on its status topic (the most recent :attr:`KEEP` per action)."""
+
+    KEEP = 1024
+
+    def __init__(self) -> None:
+        self._seen: dict[str, collections.OrderedDict[bytes, int]] = {}
+        self._changed = threading.Condition()
+
+    def on_status(self, action: str, msg: Any) -> None:
+        """Record one GoalStatusArray of ``action`` (the full action name)."""
+        with self._changed:
+            seen = self._seen.setdefault(action, collections.OrderedDict())
+            for status in msg.status_list:
+                goal_id = bytes(status.goal_info.goal_id.uuid)
+                seen[goal_id] = int(status.status)
+                seen.move_to_end(goal_id)
+            while len(seen) > self.KEEP:
+                seen.popitem(last=False)
+            self._changed.notify_all()
+
+    def wait_for(self, action: str, goal_id: bytes, timeout: float) -> bool:
+        """True once ``goal_id`` was listed by ``action``'s server (waiting at most ``timeout`` seconds)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: goal_id in self._seen.get(action, {}), timeout)
+
+
 class ActionCall:
     """One action goal in flight: iterate for feedback, :meth:`cancel`, :meth:`result`.
 
@@ -91,26 +146,71 @@ class ActionCall:
     """
 
     LATE_FEEDBACK_S = 1.0
+    #: Seconds without a goal response before the request is sent again (same goal id). Both the request and
+    #: the response are reliable DDS messages, yet CI once waited 30 s for a response that never came.
+    GOAL_RESEND_S = 5.0
 
     def __init__(
-        self, action_client: Any, goal: Any, name: str, timeout: float | None, routes: dict[bytes, ActionCall]
+        self,
+        action_client: Any,
+        goal: Any,
+        name: str,
+        timeout: float | None,
+        routes: dict[bytes, ActionCall],
+        statuses: GoalStatuses | None = None,
+        goal_id: bytes | None = None,
     ) -> None:
-        from unique_identifier_msgs.msg import UUID
-
         self._name = name
         self._feedback: queue.Queue[Any] = queue.Queue()
         self._result_future: Any = None
         self._result: tuple[Any, int] | None = None
         #: (time.monotonic() at arrival, feedback) for every feedback message, in arrival order.
         self.received: list[tuple[float, Any]] = []
-        goal_id = uuid.uuid4().bytes
+        #: Goal requests sent again because no response came within :attr:`GOAL_RESEND_S`.
+        self.resends = 0
+        #: True when the goal response was lost and the goal was found in the server's status list.
+        self.adopted = False
+        goal_id = goal_id or uuid.uuid4().bytes
         routes[goal_id] = self
-        send = action_client.send_goal_async(goal, goal_uuid=UUID(uuid=list(goal_id)))
-        self.goal_handle = _wait(send, timeout, f"{name} goal response")
-        if not self.goal_handle.accepted:
-            raise ClientError(f"{name} goal rejected")
+        self.goal_handle = self._send(action_client, goal, goal_id, timeout, statuses)
         self._result_future = self.goal_handle.get_result_async()
         self._result_future.add_done_callback(lambda _f: self._feedback.put(_DONE))
+
+    def _send(
+        self,
+        action_client: Any,
+        goal: Any,
+        goal_id: bytes,
+        timeout: float | None,
+        statuses: GoalStatuses | None,
+    ) -> Any:
+        """Send the goal; resend it (same id) while no response comes; return the accepted goal handle.
+
+        The server refuses a goal id it already holds, so a rejection is checked against the action's status
+        list: a goal listed there is ours (the response to an earlier send was lost) and is adopted.
+        """
+        from unique_identifier_msgs.msg import UUID
+
+        uuid_msg = UUID(uuid=list(goal_id))
+        until = time.monotonic() + (math.inf if timeout is None else timeout)
+        sent = [action_client.send_goal_async(goal, goal_uuid=uuid_msg)]
+        while True:
+            done = _wait_done(sent, min(until, time.monotonic() + self.GOAL_RESEND_S))
+            if done is not None and done.exception() is not None:
+                raise ClientError(f"{self._name} goal request failed: {done.exception()}")
+            handle = None if done is None else done.result()
+            if handle is not None and handle.accepted:
+                return handle
+            listed = statuses is not None and statuses.wait_for(self._name, goal_id, 1.0 if handle else 0.0)
+            if listed:
+                self.adopted = True
+                return _adopted_handle(action_client, uuid_msg)
+            if handle is not None:
+                raise ClientError(f"{self._name} goal rejected")
+            if time.monotonic() >= until:
+                raise ClientError(f"timed out after {timeout} s waiting for {self._name} goal response")
+            self.resends += 1
+            sent.append(action_client.send_goal_async(goal, goal_uuid=uuid_msg))
 
     def _on_feedback(self, feedback: Any) -> None:
         self.received.append((time.monotonic(), feedback))
@@ -173,10 +273,11 @@ class MobileOClient:
         context: Any = None,
     ) -> None:
         import rclpy
+        from action_msgs.msg import GoalStatusArray
         from rclpy.action import ActionClient
         from rclpy.callback_groups import ReentrantCallbackGroup
         from rclpy.executors import MultiThreadedExecutor
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_action_status_default
 
         from mobile_o_ros.action import AskScene as AskSceneAction
         from mobile_o_ros.action import EditImage as EditImageAction
@@ -227,6 +328,18 @@ class MobileOClient:
             )
             for name, t in self.action_types.items()
         }
+        # Each server's goal status list: a goal listed there was accepted even if its response was lost.
+        self._statuses = GoalStatuses()
+        self._status_subs = [
+            self.node.create_subscription(
+                GoalStatusArray,
+                f"{self.name(name)}/_action/status",
+                functools.partial(self._statuses.on_status, self.name(name)),
+                qos_profile_action_status_default,
+                callback_group=group,
+            )
+            for name in self.action_types
+        ]
         self._executor = MultiThreadedExecutor(num_threads=4, context=context)
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, name="mobile_o_client", daemon=True)
@@ -280,7 +393,7 @@ class MobileOClient:
         while len(self._routes) > 256:  # forget the oldest goals
             self._routes.popitem(last=False)
         wait = timeout if timeout is not None else self.wait_timeout
-        return ActionCall(client, goal, self.name(action), wait, self._routes)
+        return ActionCall(client, goal, self.name(action), wait, self._routes, self._statuses)
 
     # ------------------------------------------------------------------------------ requests
     def ask_request(

@@ -13,6 +13,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "ros: starts ROS 2 nodes over DDS on loopback")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test that used a ``server`` (a ServerProcess) gets the tail of the server's log in its report."""
+    report = yield
+    server = getattr(item, "funcargs", {}).get("server")
+    if report.failed and hasattr(server, "log"):
+        report.sections.append(("server log (last 6000 characters)", server.log()[-6000:]))
+    return report
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Mobile-O checkpoint folder in the released key layout (seed 0)."""

@@ -802,8 +802,9 @@ class MobileONode(LifecycleNode):
     def _continuous_tick(self) -> None:
         if not self._is_active:
             return
+        # The flag goes up before the check: a job that ends between the two then sees it and kicks.
+        self._continuous_deferred = True
         if self._continuous_job is not None and not self._continuous_job.future.done():
-            self._continuous_deferred = True
             return
         self._continuous_deferred = False
         question = str(self._cfg.continuous_question).strip()
