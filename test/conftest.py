@@ -15,7 +15,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """A failed test that used a ``server`` (a ServerProcess) gets the tail of the server's log in its report."""
+    """A failed test that used a ``server`` (a ServerProcess) gets the server log's tail in its report."""
     report = yield
     server = getattr(item, "funcargs", {}).get("server")
     if report.failed and hasattr(server, "log"):

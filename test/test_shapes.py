@@ -488,10 +488,11 @@ def test_cross_attention_probs_are_what_the_dit_attends_with() -> None:
     outputs = []
     attn2 = model.dit.transformer_blocks[1].attn2
     handle = attn2.register_forward_hook(lambda _m, _a, out: outputs.append(out))
-    with torch.no_grad(), train.cross_attention_tap(model, 1) as seen:
+    with torch.no_grad(), train.cross_attention_tap(model, [1, 2]) as seen:
         model.dit(x, encoder_hidden_states=cond, timestep=t, encoder_attention_mask=mask)
     handle.remove()
-    module, hidden, kv, bias = seen["args"]
+    assert sorted(seen) == [1, 2] and seen[2][0] is model.dit.transformer_blocks[2].attn2
+    module, hidden, kv, bias = seen[1]
     with torch.no_grad():
         probs = train.cross_attention_probs(module, hidden, kv, bias)
         v = module.to_v(kv)
@@ -503,7 +504,7 @@ def test_cross_attention_probs_are_what_the_dit_attends_with() -> None:
     assert torch.allclose(out, outputs[0], atol=1e-5)
     with torch.no_grad():
         model.dit(x, encoder_hidden_states=cond, timestep=t, encoder_attention_mask=mask)
-    assert seen["args"][1] is hidden  # the tap is closed: nothing recorded after the block
+    assert seen[1][1] is hidden  # the tap is closed: nothing recorded after the block
 
 
 def _cells_of(scene: world.Scene, obj: world.Shape) -> np.ndarray:

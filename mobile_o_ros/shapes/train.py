@@ -148,15 +148,15 @@ class Recipe:
     dit_train_llm: bool = False
     dit_train_mcp: bool = True
     # × the copy loss (:func:`copy_attention_loss`) on edit rows in (c) and (d): head 0 of the DiT's
-    # cross-attention in layer ``dit_copy_layer`` attends, from each latent cell the edit leaves unchanged,
-    # to the source image's token of the same cell (with ``dit_copy_changed``, from the changed cells too,
-    # as :func:`copy_map` says). Measured from one (b2) state, (c0) with 30 edit rows, (c) with 8 edit rows
-    # (200 held-out captions / 120 edits): no copy loss 76.0% / 16.7% (stop 19's model, 18 (c0) edit rows,
-    # none in (c)); unchanged cells, layer 1: 80.0% / 21.7%; all cells, layer 1: 74.0% / 26.7%; all cells,
-    # layer 2: 77.0% / 32.5%. Without it, attention from a cell to its own image token is 1–4% in every
-    # head and layer; with it, head 0 puts 0.97–0.99 there.
+    # cross-attention in each layer of ``dit_copy_layers`` attends, from each latent cell the edit leaves
+    # unchanged, to the source image's token of the same cell (with ``dit_copy_changed``, from the changed
+    # cells too, as :func:`copy_map` says). Measured from one (b2) state, (c0) with 30 edit rows, (c) with 8
+    # edit rows (200 held-out captions / 120 edits): no copy loss 76.0% / 16.7% (stop 19's model, 18 (c0)
+    # edit rows, none in (c)); unchanged cells, layer 1: 80.0% / 21.7%; all cells, layer 1: 74.0% / 26.7%;
+    # all cells, layer 2: 77.0% / 32.5%. Without it, attention from a cell to its own image token is 1–4% in
+    # every head and layer; with it, head 0 puts 0.97–0.99 there.
     dit_copy_weight: float = 0.3
-    dit_copy_layer: int = 2
+    dit_copy_layers: tuple[int, ...] = (2,)  # each of these layers' head 0 gets the loss (summed)
     dit_copy_changed: bool = True
     # (d) joint
     joint_steps: int = 400
@@ -1135,26 +1135,30 @@ def _flow_rows(
     cond, mask = join_conditioning(parts)
     weight = cache.flow_weights(gi, ei, recipe.dit_object_weight, recipe.dit_edit_source_weight)
     shift, high = recipe.train_shift, recipe.high_noise
-    copy = recipe.dit_copy_weight > 0 and bool(ei)
-    with cross_attention_tap(model, recipe.dit_copy_layer) if copy else contextlib.nullcontext({}) as seen:
+    layers = recipe.dit_copy_layers if recipe.dit_copy_weight > 0 and ei else ()
+    with cross_attention_tap(model, layers) as seen:
         rows = flow_loss(model, torch.cat(x0), cond, mask, gen, shift, high, per_row=True, weight=weight)
     aux = recipe.probe_weight * l_probe
-    if copy:
-        module, hidden, kv, bias = seen["args"]
-        rows_e = slice(len(gi), None)
-        bias_e = None if bias is None else bias[rows_e]
-        probs = cross_attention_probs(module, hidden[rows_e], kv[rows_e], bias_e)
-        if probs.shape[2] != cache.source_feats.shape[1]:
-            raise ValueError(
-                f"copy loss: {probs.shape[2]} latent cells but {cache.source_feats.shape[1]} image tokens"
-            )
+    if layers:
         # The image placeholder precedes the instruction, so every edit row's image tokens start at the same
         # index (image_prompt tokenizes the text before it apart from the rest).
         first = tok.image_prompt(prompts.edit_prompt(cache.sources[ei[0]].instruction))
         start = [first.index(prompts.IMAGE_TOKEN_INDEX)] * len(ei)
-        grid = int(probs.shape[2] ** 0.5)
-        maps = torch.stack([cache.copy_map(i, grid, recipe.dit_copy_changed) for i in ei]) & k2[:, None, None]
-        aux = aux + recipe.dit_copy_weight * copy_attention_loss(probs, start, maps)
+        rows_e = slice(len(gi), None)
+        maps = None
+        for layer in layers:
+            module, hidden, kv, bias = seen[layer]
+            bias_e = None if bias is None else bias[rows_e]
+            probs = cross_attention_probs(module, hidden[rows_e], kv[rows_e], bias_e)
+            if probs.shape[2] != cache.source_feats.shape[1]:
+                raise ValueError(
+                    f"copy loss: {probs.shape[2]} latent cells but {cache.source_feats.shape[1]} image tokens"
+                )
+            if maps is None:
+                grid = int(probs.shape[2] ** 0.5)
+                maps = torch.stack([cache.copy_map(i, grid, recipe.dit_copy_changed) for i in ei])
+                maps = maps & k2[:, None, None]
+            aux = aux + recipe.dit_copy_weight * copy_attention_loss(probs, start, maps)
     return rows, aux
 
 
@@ -1201,20 +1205,27 @@ def copy_map(edit: world.Edit, grid: int, changed: bool = False, cell: int = 8) 
 
 
 @contextlib.contextmanager
-def cross_attention_tap(model: MobileO, layer: int) -> Iterator[dict[str, Any]]:
-    """Record the inputs of the DiT's cross-attention in ``layer`` (``"args"``: module, hidden states,
-    conditioning, mask bias) while the block is open."""
-    seen: dict[str, Any] = {}
+def cross_attention_tap(model: MobileO, layers: Sequence[int]) -> Iterator[dict[int, Any]]:
+    """Record the inputs of the DiT's cross-attention in each of ``layers`` (layer → (module, hidden states,
+    conditioning, mask bias)) while the block is open."""
+    seen: dict[int, Any] = {}
 
-    def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        seen["args"] = (module, hidden, kwargs["encoder_hidden_states"], kwargs.get("attention_mask"))
+    def recorder(layer: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            seen[layer] = (module, hidden, kwargs["encoder_hidden_states"], kwargs.get("attention_mask"))
 
-    handle = model.dit.transformer_blocks[layer].attn2.register_forward_pre_hook(hook, with_kwargs=True)
+        return hook
+
+    blocks = model.dit.transformer_blocks
+    handles = [
+        blocks[layer].attn2.register_forward_pre_hook(recorder(layer), with_kwargs=True) for layer in layers
+    ]
     try:
         yield seen
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def cross_attention_probs(
