@@ -7,6 +7,7 @@ by having another client send the same goal id first, so the server holds the go
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 import uuid
@@ -74,15 +75,20 @@ def client(ros: RosSide):
 def test_a_lost_goal_request_is_sent_again(ros: RosSide, client: MobileOClient, monkeypatch) -> None:
     monkeypatch.setattr(ActionCall, "GOAL_RESEND_S", 1.0)
     action = client._actions["generate_image"]
-    servers: list[StepServer] = []
-    # The first request goes out before any server exists; the server appears 0.3 s later.
-    threading.Timer(0.3, lambda: servers.append(StepServer(ros.node))).start()
     goal = GenerateImage.Goal(prompt="late server", steps=STEPS)
-    call = ActionCall(action, goal, client.name("generate_image"), 20.0, client._routes, client._statuses)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            ActionCall, action, goal, client.name("generate_image"), 20.0, client._routes, client._statuses
+        )
+        # The call registers its goal id just before the first send: the server appears 0.3 s after that.
+        assert wait_until(lambda: len(client._routes) > 0, 10.0, period=0.001)
+        time.sleep(0.3)
+        server = StepServer(ros.node)
+        call = pending.result(timeout=20)
     result, status = call.result(timeout=20)
     assert call.resends >= 1 and not call.adopted
     assert status == GoalStatus.STATUS_SUCCEEDED and result.message == "late server done"
-    assert servers[0].executed == [bytes(call.goal_handle.goal_id.uuid)]  # executed once
+    assert server.executed == [bytes(call.goal_handle.goal_id.uuid)]  # executed once
     assert [fb.step for fb in call.feedback(timeout=5)] == list(range(1, STEPS + 1))
 
 
