@@ -838,3 +838,15 @@ def test_selftest_small_sample_meets_targets(small_selftest: dict) -> None:
 
     missed = {t: v for t, v in small_selftest["scores"].items() if v < TARGETS[t]}
     assert not missed, f"the shipped model misses targets {TARGETS}: {missed} (see MODEL_CARD.md)"
+
+
+def test_shipped_model_was_trained_with_the_default_recipe() -> None:
+    """The shipped model's training report holds the recipe that made it: the defaults, field for field, so
+    that ``mobile-o train-demo OUT`` reproduces it."""
+    import dataclasses
+
+    from mobile_o_ros.shapes.train import Recipe
+
+    report = json.loads((embedded_model_dir() / "training_report.json").read_text())
+    assert list(report["recipe"]) == [f.name for f in dataclasses.fields(Recipe)]
+    assert report["recipe"] == json.loads(json.dumps(dataclasses.asdict(Recipe())))
