@@ -14,7 +14,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+def pytest_runtest_makereport(item: pytest.Item):
     """A failed test that used a ``server`` (a ServerProcess) gets the server log's tail in its report."""
     report = yield
     server = getattr(item, "funcargs", {}).get("server")

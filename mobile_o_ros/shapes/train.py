@@ -1151,20 +1151,16 @@ def _flow_rows(
         # index (image_prompt tokenizes the text before it apart from the rest).
         first = tok.image_prompt(prompts.edit_prompt(cache.sources[ei[0]].instruction))
         start = [first.index(prompts.IMAGE_TOKEN_INDEX)] * len(ei)
+        tokens = cache.source_feats.shape[1]  # image tokens per source = latent cells, as checked below
+        grid = int(tokens**0.5)
+        maps = torch.stack([cache.copy_map(i, grid, recipe.dit_copy_changed) for i in ei]) & k2[:, None, None]
         rows_e = slice(len(gi), None)
-        maps = None
         for layer in layers:
             module, hidden, kv, bias = seen[layer]
             bias_e = None if bias is None else bias[rows_e]
             probs = cross_attention_probs(module, hidden[rows_e], kv[rows_e], bias_e)
-            if probs.shape[2] != cache.source_feats.shape[1]:
-                raise ValueError(
-                    f"copy loss: {probs.shape[2]} latent cells but {cache.source_feats.shape[1]} image tokens"
-                )
-            if maps is None:
-                grid = int(probs.shape[2] ** 0.5)
-                maps = torch.stack([cache.copy_map(i, grid, recipe.dit_copy_changed) for i in ei])
-                maps = maps & k2[:, None, None]
+            if probs.shape[2] != tokens:
+                raise ValueError(f"copy loss: {probs.shape[2]} latent cells but {tokens} image tokens")
             aux = aux + recipe.dit_copy_weight * copy_attention_loss(probs, start, maps)
     return rows, aux
 
