@@ -436,6 +436,79 @@ def test_vqa_attention_loss_matches_the_full_sequences(tmp_path: Path) -> None:
     assert torch.allclose(ce, plain, atol=1e-5)
 
 
+def test_referent_cells_mark_the_named_object_in_the_source_and_the_target() -> None:
+    """Column 0: the tokens the named object covers in the source; column 1: where it is in the target (the
+    same cells for a recolour, the new position's for a move, none for a remove)."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes import train
+
+    rng = random.Random(11)
+    scene = next(s for s in world.make_scenes("train", 40) if len(s.objects) == 2)
+    edits = [world.make_edit(scene, rng, kind) for kind in ("recolour", "move", "remove")]
+    cache = train.Cache([e.target for e in edits], edits, torch.zeros(3, 64, 4), [0, 1, 2])
+    recolour, move, remove = (cache.referent_cells(i, 8) for i in range(3))
+    for cells, e in zip((recolour, move, remove), edits, strict=True):
+        k = e.source.objects.index(e.obj)
+        assert torch.equal(cells[:, 0].bool(), torch.from_numpy(train.token_objects(e.source, 8) == k + 1))
+        assert bool(cells[:, 0].any())
+    assert torch.equal(recolour[:, 1], recolour[:, 0]) and not bool(remove[:, 1].any())
+    k = next(j for j, o in enumerate(edits[1].target.objects) if o.position == edits[1].new_position)
+    assert torch.equal(move[:, 1].bool(), torch.from_numpy(train.token_objects(edits[1].target, 8) == k + 1))
+    assert not bool((move[:, 0] * move[:, 1]).any())  # a move goes to another named position
+
+
+def test_referent_loss_reads_the_dit_tokens_entering_its_layers_cross_attention(tmp_path: Path) -> None:
+    """With ``dit_referent_weight`` w, the auxiliary loss of a DiT batch grows by exactly w × the probe's
+    binary CE on the edit rows' hidden states at the input of layer ``dit_referent_layer``'s
+    cross-attention against the edits' referent cells; a probe without the head adds nothing."""
+    import dataclasses
+
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes import train
+
+    tok, model = _untrained_shapes_model(tmp_path)
+    rng = random.Random(2)
+    scenes = [s for s in world.make_scenes("train", 40) if len(s.objects) == 2][:2]
+    edits = [world.make_edit(scenes[0], rng, "move"), world.make_edit(scenes[1], rng, "recolour")]
+    n = model.config.num_image_tokens
+    cache = train.Cache(
+        [e.target for e in edits], edits, torch.randn(2, n, model.config.mm_hidden_size), [0, 1]
+    )
+    cache.latents = torch.randn(2, *model.config.latent_shape)
+    probe = train.make_probe(model.config)
+    base = dataclasses.replace(
+        train.Recipe(), uncond_prob=0.0, dit_copy_weight=0.0, probe_weight=0.0, dit_referent_weight=0.0
+    )
+
+    def aux(recipe: Any, head: Any) -> Any:
+        gen = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            return train._flow_rows(
+                model, tok, cache, [0], [0, 1], random.Random(1), gen, recipe, False, head
+            )[1]
+
+    weighted = dataclasses.replace(base, dit_referent_weight=0.5, dit_referent_layer=1)
+    with torch.no_grad(), train.cross_attention_tap(model, [1]) as seen:
+        train._flow_rows(
+            model,
+            tok,
+            cache,
+            [0],
+            [0, 1],
+            random.Random(1),
+            torch.Generator().manual_seed(4),
+            base,
+            False,
+            probe,
+        )
+        hidden = seen[1][1][1:]
+        cells = torch.stack([cache.referent_cells(i, 8) for i in (0, 1)])
+        expected = 0.5 * probe.referent_loss(hidden, cells)
+    assert float(aux(base, probe)) == 0.0 and float(expected) > 0
+    assert torch.allclose(aux(weighted, probe), expected, atol=1e-6)
+    assert float(aux(weighted, train.ConditioningProbe(int(model.config.dit["caption_channels"])))) == 0.0
+
+
 def test_joined_conditioning_leaves_each_rows_prediction_alone() -> None:
     """Stage (d) runs generation and edit rows through one DiT call: padding a row's conditioning to a
     longer batch (masked) leaves the DiT's prediction for it as it was; per-row flow losses average to
