@@ -925,7 +925,7 @@ class Cache:
     seconds: float = 0.0
     copy_maps: dict[tuple[int, int, bool], torch.Tensor] | None = None  # memo of copy_map per edit
     source_masks: torch.Tensor | None = None  # [M, 1, H, W]: object_masks of the edits' source scenes
-    referents: dict[tuple[int, int], np.ndarray] | None = None  # memo of referent_tokens per edit
+    referents: dict[tuple[int, int], torch.Tensor] | None = None  # memo of referent_cells per edit
 
     def copy_map(self, i: int, grid: int, changed: bool) -> torch.Tensor:
         """:func:`copy_map` of edit ``i`` (memoised)."""
@@ -936,28 +936,20 @@ class Cache:
             self.copy_maps[key] = copy_map(self.sources[i], grid, changed)
         return self.copy_maps[key]
 
-    def referent_tokens(self, i: int, grid: int) -> np.ndarray:
-        """Indices (row-major, among the source's ``grid × grid`` image tokens) of the tokens that show the
-        object edit ``i`` names (:func:`token_objects`; memoised)."""
+    def referent_cells(self, i: int, grid: int) -> torch.Tensor:
+        """float32 [grid², 2] of edit ``i`` (memoised): 1 on the tokens (row-major, :func:`token_objects`) of
+        the object it names in the source, and on those of that object in the target (none for a remove)."""
         if self.referents is None:
             self.referents = {}
         if (i, grid) not in self.referents:
             e = self.sources[i]
-            k = e.source.objects.index(e.obj)
-            self.referents[(i, grid)] = np.flatnonzero(token_objects(e.source, grid) == k + 1)
+            out = torch.zeros(grid * grid, 2)
+            out[token_objects(e.source, grid) == e.source.objects.index(e.obj) + 1, 0] = 1.0
+            k = edited_object_index(e)
+            if k is not None:
+                out[token_objects(e.target, grid) == k + 1, 1] = 1.0
+            self.referents[(i, grid)] = out
         return self.referents[(i, grid)]
-
-    def referent_cells(self, i: int, grid: int) -> torch.Tensor:
-        """float32 [grid², 2] of edit ``i``: 1 on the tokens (row-major) of the object it names in the source
-        (:meth:`referent_tokens`), and on those of that object in the target (none for a remove)."""
-        e = self.sources[i]
-        out = torch.zeros(grid * grid, 2)
-        out[torch.from_numpy(self.referent_tokens(i, grid)), 0] = 1.0
-        if e.kind != "remove":
-            where = e.new_position or e.obj.position
-            k = next(j for j, o in enumerate(e.target.objects) if o.position == where)
-            out[torch.from_numpy(np.flatnonzero(token_objects(e.target, grid) == k + 1)), 1] = 1.0
-        return out
 
     def flow_weights(
         self, gi: Sequence[int], ei: Sequence[int], object_weight: float, with_source: bool = False
@@ -1229,6 +1221,14 @@ def _flow_rows(
     return rows, aux
 
 
+def edited_object_index(edit: world.Edit) -> int | None:
+    """Index in ``edit.target.objects`` of the object the edit recolours or moves (None for a remove)."""
+    if edit.kind == "remove":
+        return None
+    where = edit.new_position or edit.obj.position
+    return next(j for j, o in enumerate(edit.target.objects) if o.position == where)
+
+
 def copy_map(edit: world.Edit, grid: int, changed: bool = False, cell: int = 8) -> torch.Tensor:
     """Where each latent cell of the edited image may copy from: bool [grid², grid²] (row-major target cell →
     source image tokens; a row of False: no copy asked).
@@ -1253,9 +1253,8 @@ def copy_map(edit: world.Edit, grid: int, changed: bool = False, cell: int = 8) 
 
         empty, background = plain(tgt), plain(src)
         covered = np.zeros(n, dtype=bool)  # cells showing the recoloured or moved object
-        if edit.kind != "remove":
-            where = edit.new_position or edit.obj.position
-            k = next(j for j, o in enumerate(edit.target.objects) if o.position == where)
+        k = edited_object_index(edit)
+        if k is not None:
             covered = (labels == k + 1).any(1)
         for c in np.flatnonzero(~same):
             if covered[c] and edit.kind == "recolour":
