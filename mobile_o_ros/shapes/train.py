@@ -170,11 +170,11 @@ class Recipe:
     # object the instruction names (source) and where that object goes (target), at every noise level
     # (the copy head of layer 2 must send a removed or moved object's cells elsewhere before the noisy
     # latent shows where they are). Measured from one (b2) state, the recipe otherwise as shipped (300
-    # held-out edits / 100 captions): 0.3 → 39.7% (recolour 44%, remove 18%, move 57%) / 82%; the model
-    # of the recipe without it: 35.7% (41%, 19%, 47%). From scratch (seed 0, the shipped model): 49.3%
-    # (53%, 36%, 59%) of 300 edits, 84.0% of 200 captions. Not kept: the same kind of loss in the LLM (the
-    # edit prompt's last token attending to the named object's image tokens, as VQA's attention loss):
-    # 29.7% / 71%; that token already put ~0.75 of its attention there.
+    # held-out edits / 100 captions): 0.3 → 39.7% (recolour 44%, remove 18%, move 57%) / 82%; 1.0 → 38.3%
+    # / 84%; the model of the recipe without it: 35.7% (41%, 19%, 47%). From scratch (seed 0, the shipped
+    # model): 49.3% (53%, 36%, 59%) of 300 edits, 84.0% of 200 captions. Not kept: the same kind of loss in
+    # the LLM (the edit prompt's last token attending to the named object's image tokens, as VQA's
+    # attention loss): 29.7% / 71%; that token already put ~0.75 of its attention there.
     dit_referent_weight: float = 0.3
     dit_referent_layer: int = 2
     # (d) joint
