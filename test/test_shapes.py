@@ -498,6 +498,64 @@ def test_referent_loss_reads_the_dit_tokens_entering_its_layers_cross_attention(
     assert float(aux(weighted, train.ConditioningProbe(int(model.config.dit["caption_channels"])))) == 0.0
 
 
+def test_content_labels_give_the_colour_and_shape_under_each_token() -> None:
+    """Cache.content_labels: per token of the target scene, the colour and shape classes of the object that
+    covers it (token_labels' first two columns), 0 on the background."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes import train
+
+    scene = next(s for s in world.make_scenes("train", 40) if len(s.objects) == 3)
+    cache = train.Cache([scene], [], torch.zeros(0), [])
+    labels = cache.content_labels(0, 8)
+    which = train.token_objects(scene, 8)
+    assert labels.shape == (64, 2) and labels.dtype == torch.int64
+    assert not bool(labels[torch.from_numpy(which == 0)].any())
+    for k, obj in enumerate(scene.objects):
+        on = torch.from_numpy(which == k + 1)
+        assert bool(on.any())
+        assert set(labels[on, 0].tolist()) == {train._COLOUR_CLASSES.index(obj.colour)}
+        assert set(labels[on, 1].tolist()) == {train._SHAPE_CLASSES.index(obj.shape)}
+    assert cache.content_labels(0, 8) is labels  # memoised
+
+
+def test_content_loss_reads_every_conditional_rows_dit_tokens(tmp_path: Path) -> None:
+    """With ``dit_content_weight`` w, the auxiliary loss of a DiT batch grows by exactly w × the probe's
+    content CE on the hidden states of every row (captions, then edits) at the input of layer
+    ``dit_content_layer``'s cross-attention against their target scenes' content labels."""
+    import dataclasses
+
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes import train
+
+    tok, model = _untrained_shapes_model(tmp_path)
+    rng = random.Random(3)
+    scenes = [s for s in world.make_scenes("train", 40) if len(s.objects) == 2][:2]
+    edits = [world.edit_into(scenes[1], rng, "recolour")]
+    n = model.config.num_image_tokens
+    cache = train.Cache(scenes, edits, torch.randn(1, n, model.config.mm_hidden_size), [1])
+    cache.latents = torch.randn(2, *model.config.latent_shape)
+    probe = train.make_probe(model.config)
+    base = dataclasses.replace(
+        train.Recipe(), uncond_prob=0.0, dit_copy_weight=0.0, probe_weight=0.0, dit_referent_weight=0.0
+    )
+
+    def aux(recipe: Any) -> Any:
+        gen = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            return train._flow_rows(model, tok, cache, [0], [0], random.Random(1), gen, recipe, False, probe)[
+                1
+            ]
+
+    weighted = dataclasses.replace(base, dit_content_weight=0.25, dit_content_layer=4)
+    with train.cross_attention_tap(model, [4]) as seen:
+        assert float(aux(base)) == 0.0
+        hidden = seen[4][1]
+        labels = torch.stack([cache.content_labels(0, 8), cache.content_labels(1, 8)])
+        expected = 0.25 * probe.content_loss(hidden, labels).detach()
+    assert float(expected) > 0
+    assert torch.allclose(aux(weighted), expected, atol=1e-6)
+
+
 def test_joined_conditioning_leaves_each_rows_prediction_alone() -> None:
     """Stage (d) runs generation and edit rows through one DiT call: padding a row's conditioning to a
     longer batch (masked) leaves the DiT's prediction for it as it was; per-row flow losses average to
