@@ -477,7 +477,12 @@ def test_referent_loss_reads_the_dit_tokens_entering_its_layers_cross_attention(
     cache.latents = torch.randn(2, *model.config.latent_shape)
     probe = train.make_probe(model.config)
     base = dataclasses.replace(
-        train.Recipe(), uncond_prob=0.0, dit_copy_weight=0.0, probe_weight=0.0, dit_referent_weight=0.0
+        train.Recipe(),
+        uncond_prob=0.0,
+        dit_copy_weight=0.0,
+        probe_weight=0.0,
+        dit_referent_weight=0.0,
+        dit_content_weight=0.0,
     )
 
     def aux(recipe: Any, head: Any) -> Any:
@@ -536,7 +541,12 @@ def test_content_loss_reads_every_conditional_rows_dit_tokens(tmp_path: Path) ->
     cache.latents = torch.randn(2, *model.config.latent_shape)
     probe = train.make_probe(model.config)
     base = dataclasses.replace(
-        train.Recipe(), uncond_prob=0.0, dit_copy_weight=0.0, probe_weight=0.0, dit_referent_weight=0.0
+        train.Recipe(),
+        uncond_prob=0.0,
+        dit_copy_weight=0.0,
+        probe_weight=0.0,
+        dit_referent_weight=0.0,
+        dit_content_weight=0.0,
     )
 
     def aux(recipe: Any) -> Any:
