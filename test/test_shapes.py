@@ -457,16 +457,13 @@ def test_referent_cells_mark_the_named_object_in_the_source_and_the_target() -> 
     assert not bool((move[:, 0] * move[:, 1]).any())  # a move goes to another named position
 
 
-def test_referent_loss_reads_the_dit_tokens_entering_its_layers_cross_attention(tmp_path: Path) -> None:
-    """With ``dit_referent_weight`` w, the auxiliary loss of a DiT batch grows by exactly w × the probe's
-    binary CE on the edit rows' hidden states at the input of layer ``dit_referent_layer``'s
-    cross-attention against the edits' referent cells; a probe without the head adds nothing."""
-    import dataclasses
+def _two_edit_cache(model: Any) -> Any:
+    """A training cache of a move and a recolour into two two-object scenes (edit i's target: scene i), with
+    random source features and latents."""
+    import torch
 
-    torch = pytest.importorskip("torch")
     from mobile_o_ros.shapes import train
 
-    tok, model = _untrained_shapes_model(tmp_path)
     rng = random.Random(2)
     scenes = [s for s in world.make_scenes("train", 40) if len(s.objects) == 2][:2]
     edits = [world.make_edit(scenes[0], rng, "move"), world.make_edit(scenes[1], rng, "recolour")]
@@ -475,32 +472,52 @@ def test_referent_loss_reads_the_dit_tokens_entering_its_layers_cross_attention(
         [e.target for e in edits], edits, torch.randn(2, n, model.config.mm_hidden_size), [0, 1]
     )
     cache.latents = torch.randn(2, *model.config.latent_shape)
+    return cache
+
+
+def _auxiliary_loss(model: Any, tok: Any, cache: Any, probe: Any, **recipe: Any) -> Any:
+    """The auxiliary loss of one DiT batch (the caption of scene 0, then edits 0 and 1, no CFG drop) under a
+    recipe whose auxiliary weights are 0 except those given."""
+    import dataclasses
+
+    import torch
+
+    from mobile_o_ros.shapes import train
+
+    zero = {
+        "probe_weight": 0.0,
+        "dit_copy_weight": 0.0,
+        "dit_referent_weight": 0.0,
+        "dit_content_weight": 0.0,
+    }
+    settings = dataclasses.replace(train.Recipe(), uncond_prob=0.0, **{**zero, **recipe})
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        return train._flow_rows(
+            model, tok, cache, [0], [0, 1], random.Random(1), gen, settings, False, probe
+        )[1]
+
+
+def test_referent_loss_reads_the_dit_tokens_entering_its_layers_cross_attention(tmp_path: Path) -> None:
+    """With ``dit_referent_weight`` w, the auxiliary loss of a DiT batch grows by exactly w × the probe's
+    binary CE on the edit rows' hidden states at the input of layer ``dit_referent_layer``'s
+    cross-attention against the edits' referent cells; a probe without the head adds nothing."""
+    torch = pytest.importorskip("torch")
+    from mobile_o_ros.shapes import train
+
+    tok, model = _untrained_shapes_model(tmp_path)
+    cache = _two_edit_cache(model)
     probe = train.make_probe(model.config)
-    base = dataclasses.replace(
-        train.Recipe(),
-        uncond_prob=0.0,
-        dit_copy_weight=0.0,
-        probe_weight=0.0,
-        dit_referent_weight=0.0,
-        dit_content_weight=0.0,
-    )
-
-    def aux(recipe: Any, head: Any) -> Any:
-        gen = torch.Generator().manual_seed(4)
-        with torch.no_grad():
-            return train._flow_rows(
-                model, tok, cache, [0], [0, 1], random.Random(1), gen, recipe, False, head
-            )[1]
-
-    weighted = dataclasses.replace(base, dit_referent_weight=0.5, dit_referent_layer=1)
+    weighted = {"dit_referent_weight": 0.5, "dit_referent_layer": 1}
     with train.cross_attention_tap(model, [1]) as seen:
-        assert float(aux(base, probe)) == 0.0
+        assert float(_auxiliary_loss(model, tok, cache, probe)) == 0.0
         hidden = seen[1][1][1:]
         cells = torch.stack([cache.referent_cells(i, 8) for i in (0, 1)])
         expected = 0.5 * probe.referent_loss(hidden, cells).detach()
     assert float(expected) > 0
-    assert torch.allclose(aux(weighted, probe), expected, atol=1e-6)
-    assert float(aux(weighted, train.ConditioningProbe(int(model.config.dit["caption_channels"])))) == 0.0
+    assert torch.allclose(_auxiliary_loss(model, tok, cache, probe, **weighted), expected, atol=1e-6)
+    headless = train.ConditioningProbe(int(model.config.dit["caption_channels"]))
+    assert float(_auxiliary_loss(model, tok, cache, headless, **weighted)) == 0.0
 
 
 def test_content_labels_give_the_colour_and_shape_under_each_token() -> None:
@@ -527,43 +544,20 @@ def test_content_loss_reads_every_conditional_rows_dit_tokens(tmp_path: Path) ->
     """With ``dit_content_weight`` w, the auxiliary loss of a DiT batch grows by exactly w × the probe's
     content CE on the hidden states of every row (captions, then edits) at the input of layer
     ``dit_content_layer``'s cross-attention against their target scenes' content labels."""
-    import dataclasses
-
     torch = pytest.importorskip("torch")
     from mobile_o_ros.shapes import train
 
     tok, model = _untrained_shapes_model(tmp_path)
-    rng = random.Random(3)
-    scenes = [s for s in world.make_scenes("train", 40) if len(s.objects) == 2][:2]
-    edits = [world.edit_into(scenes[1], rng, "recolour")]
-    n = model.config.num_image_tokens
-    cache = train.Cache(scenes, edits, torch.randn(1, n, model.config.mm_hidden_size), [1])
-    cache.latents = torch.randn(2, *model.config.latent_shape)
+    cache = _two_edit_cache(model)
     probe = train.make_probe(model.config)
-    base = dataclasses.replace(
-        train.Recipe(),
-        uncond_prob=0.0,
-        dit_copy_weight=0.0,
-        probe_weight=0.0,
-        dit_referent_weight=0.0,
-        dit_content_weight=0.0,
-    )
-
-    def aux(recipe: Any) -> Any:
-        gen = torch.Generator().manual_seed(5)
-        with torch.no_grad():
-            return train._flow_rows(model, tok, cache, [0], [0], random.Random(1), gen, recipe, False, probe)[
-                1
-            ]
-
-    weighted = dataclasses.replace(base, dit_content_weight=0.25, dit_content_layer=4)
     with train.cross_attention_tap(model, [4]) as seen:
-        assert float(aux(base)) == 0.0
+        assert float(_auxiliary_loss(model, tok, cache, probe)) == 0.0
         hidden = seen[4][1]
-        labels = torch.stack([cache.content_labels(0, 8), cache.content_labels(1, 8)])
+        labels = torch.stack([cache.content_labels(j, 8) for j in (0, 0, 1)])  # caption 0, edits into 0, 1
         expected = 0.25 * probe.content_loss(hidden, labels).detach()
     assert float(expected) > 0
-    assert torch.allclose(aux(weighted), expected, atol=1e-6)
+    weighted = {"dit_content_weight": 0.25, "dit_content_layer": 4}
+    assert torch.allclose(_auxiliary_loss(model, tok, cache, probe, **weighted), expected, atol=1e-6)
 
 
 def test_joined_conditioning_leaves_each_rows_prediction_alone() -> None:
