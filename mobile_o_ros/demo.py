@@ -64,8 +64,8 @@ def embedded_checkpoint() -> tuple[Path, str]:
         if (path / "model.safetensors").is_file():
             return path, (
                 "embedded shapes model (mobile_o_ros/models/shapes): a small Mobile-O trained from a seed on"
-                " 2 CPU cores (~25 min on ours, up to ~2.5x that on slower ones); it misses its editing"
-                " target, figures in its MODEL_CARD.md"
+                " 2 CPU cores (~25 min on ours, up to ~2.5x that on slower ones); held-out scores in its"
+                " MODEL_CARD.md"
             )
     except ImportError:
         pass

@@ -951,11 +951,6 @@ def test_selftest_samples_with_the_models_own_defaults(small_selftest: dict) -> 
     assert small_selftest["sampling"] == want
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped shapes model misses the issue-6 targets (figures in mobile_o_ros/models/shapes/"
-    "MODEL_CARD.md); strict, so a model that reaches them turns this into a failure to remove the mark",
-)
 def test_selftest_small_sample_meets_targets(small_selftest: dict) -> None:
     """The targets (VQA ≥ 0.90, generation ≥ 0.80, editing ≥ 0.70) on the small sample."""
     from mobile_o_ros.shapes.selftest import TARGETS
