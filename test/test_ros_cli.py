@@ -144,3 +144,28 @@ def test_ros_verbs_parse() -> None:
     assert args.func is ros_cli.cmd_ros_edit and args.image == "in.png"
     with pytest.raises(SystemExit):
         _parse("ros", "generate", "a cube")  # --out is required
+
+
+def test_spin_ends_quietly_when_the_context_goes_down_between_its_checks() -> None:
+    """A SIGTERM between rclpy's ok() check and its wait set makes spin_once raise (CI saw exit code 1 so);
+    the node's spin loop takes that for the shutdown it is."""
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    from mobile_o_ros.ros.main import spin_until_shutdown
+    from mobile_o_ros.ros.testing import domain_id
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(5))
+    node = rclpy.create_node("spin_probe", context=context)
+    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor.add_node(node)
+    try:
+        context.shutdown()
+        with pytest.raises(Exception, match="context is not valid"):
+            executor.spin_once()  # what rclpy's own spin() would raise at that moment
+        spin_until_shutdown(executor)  # returns
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 TAG = "[mobile_o]"
 
@@ -31,6 +32,25 @@ def autostart(node: object) -> bool:
         )  # type: ignore[attr-defined]
         return False
     return node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # type: ignore[attr-defined]
+
+
+def spin_until_shutdown(executor: Any) -> None:
+    """``executor.spin()``, except that an error raised because the context went down ends it like the
+    shutdown it is: a SIGINT/SIGTERM that lands between rclpy's ``ok()`` check and its wait set makes
+    ``spin_once`` raise ``RCLError`` (the given context is not valid) instead of returning."""
+    from rclpy.executors import ExternalShutdownException
+
+    while True:
+        try:
+            executor.spin_once()
+        except ExternalShutdownException:
+            return
+        except Exception:
+            if executor.context.ok():
+                raise
+            return
+        if not executor.context.ok():
+            return
 
 
 def main(args: Sequence[str] | None = None) -> int:
@@ -56,7 +76,7 @@ def main(args: Sequence[str] | None = None) -> int:
         executor = MultiThreadedExecutor(num_threads=executor_threads(node.get_parameter("max_queue").value))
         executor.add_node(node)
         try:
-            executor.spin()
+            spin_until_shutdown(executor)
         finally:
             executor.shutdown(timeout_sec=1.0)
     except (KeyboardInterrupt, ExternalShutdownException):

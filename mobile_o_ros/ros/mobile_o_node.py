@@ -689,8 +689,10 @@ class MobileONode(LifecycleNode):
                 f"{TAG} {what} cancelled: requested after {at_cancel}, stopped after {done}"
             )
             # The job can stop before rclpy moves the goal to CANCELING (that happens right after our cancel
-            # callback returns): wait for it, since canceled() is only legal from CANCELING.
-            deadline = time.monotonic() + 2.0
+            # callback returns, on another executor thread): wait for it, since canceled() is only legal from
+            # CANCELING. On a starved CPU that thread can wait seconds; giving up sooner aborts the goal and
+            # rclpy then drops it from the cancel response (the client's cancel() says False).
+            deadline = time.monotonic() + 10.0
             while not goal_handle.is_cancel_requested and time.monotonic() < deadline:
                 time.sleep(0.005)
         try:
@@ -706,6 +708,15 @@ class MobileONode(LifecycleNode):
                 goal_handle.abort()
         return result
 
+    def _publish_feedback(self, goal_handle: Any, feedback: Any) -> None:
+        """Publish a goal's feedback; dropped once the context is down (SIGINT/SIGTERM while the job runs:
+        the action server's publisher is gone, and the exit path cancels the job)."""
+        try:
+            goal_handle.publish_feedback(feedback)
+        except Exception:
+            if self.context.ok():
+                raise
+
     def _execute_ask(self, goal_handle: Any) -> Any:
         """AskScene action: token feedback (the text so far), cancel between tokens."""
         t0 = time.monotonic()
@@ -715,7 +726,7 @@ class MobileONode(LifecycleNode):
 
         def on_token(text: str, n: int) -> None:
             progress[0] = n
-            goal_handle.publish_feedback(AskSceneAction.Feedback(text=text, num_tokens=n))
+            self._publish_feedback(goal_handle, AskSceneAction.Feedback(text=text, num_tokens=n))
             last_feedback[0] = time.monotonic()
 
         try:
@@ -737,7 +748,7 @@ class MobileONode(LifecycleNode):
 
         def on_step(step: int, total: int) -> None:
             progress[0] = step
-            goal_handle.publish_feedback(action.Feedback(step=step, total=total))
+            self._publish_feedback(goal_handle, action.Feedback(step=step, total=total))
             last_feedback[0] = time.monotonic()
 
         try:
