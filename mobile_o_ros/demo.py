@@ -64,7 +64,7 @@ def embedded_checkpoint() -> tuple[Path, str]:
         if (path / "model.safetensors").is_file():
             return path, (
                 "embedded shapes model (mobile_o_ros/models/shapes): a small Mobile-O trained from a seed on"
-                " 2 CPU cores (~25 min on ours, up to ~2.5x that on slower ones); held-out scores in its"
+                " 2 CPU cores (~26 min on ours, up to ~2.5x that on slower ones); held-out scores in its"
                 " MODEL_CARD.md"
             )
     except ImportError:
