@@ -147,8 +147,8 @@ def test_ros_verbs_parse() -> None:
 
 
 def test_spin_ends_quietly_when_the_context_goes_down_between_its_checks() -> None:
-    """A SIGTERM between rclpy's ok() check and its wait set makes spin_once raise (CI saw exit code 1 so);
-    the node's spin loop takes that for the shutdown it is."""
+    """A SIGTERM between rclpy's ok() check and its wait set makes spin_once raise (a fresh-clone run
+    exited 1 so); the node's spin loop takes that for the shutdown it is."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 

@@ -173,9 +173,9 @@ class Recipe:
     # 44%, remove 18%, move 57%) / 82%; 1.0 → 38.3% / 84%; the model of the recipe without it: 35.7% (41%,
     # 19%, 47%). From scratch (seed 0): 49.3% (53%, 36%, 59%) of 300 edits, 84.0% of 200 captions; with the
     # content head below and this head in layer 3: 65.0% (72%, 47%, 76%), 91.5%; at 1.0 and 3.0: below. Not
-    # kept: the same kind of loss in
-    # the LLM (the edit prompt's last token attending to the named object's image tokens, as VQA's
-    # attention loss): 29.7% / 71%; that token already put ~0.75 of its attention there.
+    # kept: the same kind of loss in the LLM (the edit prompt's last token attending to the named object's
+    # image tokens, as VQA's attention loss): 29.7% / 71%; that token already put ~0.75 of its attention
+    # there.
     # With the content head and this head in layer 3, from the same (b2) state: 0.3 → 65.0% (recolour 74%,
     # remove 48%, move 73%) / 91%; 1.0 → 73.0% (74%, 63%, 82%) / 88%; 2.0 → 77.7% (77%, 77%, 79%) / 91%;
     # 3.0 → 79.0% (78%, 77%, 82%) / 90%. From scratch (seed 0), 300 held-out edits / 200 captions: 1.0 →
