@@ -85,9 +85,17 @@ def _reference_pipeline(model_dir: Path, dtype_name: str):
 
 
 def _runtime(model_dir: Path, backend: str):
+    """Open an export folder on ``backend``; a folder or backend that cannot load is a CliError."""
+    from mobile_o_ros.runtime.backend import BackendError
     from mobile_o_ros.runtime.engine import MobileORuntime
+    from mobile_o_ros.runtime.manifest import ManifestError
 
-    return MobileORuntime.load(model_dir, backend=backend)
+    try:
+        return MobileORuntime.load(model_dir, backend=backend)
+    except (ManifestError, ValueError) as err:
+        raise CliError(str(err)) from err
+    except (BackendError, ImportError, OSError) as err:
+        raise CliError(f"cannot load {model_dir} on {backend}: {err}", EXIT_FAILURE) from err
 
 
 def _check_model(path: str) -> Path:
@@ -106,14 +114,13 @@ def _seed(seed: int | None) -> int:
     return random.SystemRandom().randrange(2**31) if s is None else s
 
 
-def _use_runtime(args: argparse.Namespace, model_dir: Path) -> bool:
-    if args.backend == "torch":
-        if _is_export_dir(model_dir):
-            raise CliError(f"{model_dir} is an export folder: use --backend onnxruntime (or tensorrt)")
-        return False
-    if args.backend in ("onnxruntime", "tensorrt"):
-        return True
-    return _is_export_dir(model_dir)  # auto
+def _backend(args: argparse.Namespace, model_dir: Path) -> str:
+    """The backend to run on: ``auto`` is onnxruntime for an export folder and torch for a checkpoint."""
+    if args.backend == "auto":
+        return "onnxruntime" if _is_export_dir(model_dir) else "torch"
+    if args.backend == "torch" and _is_export_dir(model_dir):
+        raise CliError(f"{model_dir} is an export folder: use --backend onnxruntime (or tensorrt)")
+    return args.backend
 
 
 # ------------------------------------------------------------------------------------------- verbs
@@ -167,8 +174,9 @@ def _image_task(args: argparse.Namespace, text: str, source=None) -> int:
     callback, close = _progress(args.steps, not args.json)
     t0 = time.perf_counter()
     try:
-        if _use_runtime(args, model_dir):
-            runtime = _runtime(model_dir, args.backend)
+        backend = _backend(args, model_dir)
+        if backend != "torch":
+            runtime = _runtime(model_dir, backend)
             result = (
                 runtime.generate(text, on_step=callback, **options)
                 if source is None
@@ -210,8 +218,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     model_dir = _check_model(args.model)
     seed = _seed(args.seed)
     t0 = time.perf_counter()
-    if _use_runtime(args, model_dir):
-        res = _runtime(model_dir, args.backend).ask(
+    backend = _backend(args, model_dir)
+    if backend != "torch":
+        res = _runtime(model_dir, backend).ask(
             image,
             question,
             max_new_tokens=args.max_new_tokens,

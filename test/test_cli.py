@@ -129,3 +129,75 @@ def test_python_dash_m_entry_point() -> None:
         timeout=120,
     )
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_export_folder_runs_with_the_default_backend(
+    tiny_export: Path, image_file: Path, tmp_path: Path, capsys
+) -> None:
+    """No ``--backend``: an export folder runs on onnxruntime for ask, generate and edit."""
+    gen = tmp_path / "gen.png"
+    assert (
+        main(["generate", str(tiny_export), "a red circle", "--steps", "2", "--seed", "3", "-o", str(gen)])
+        == 0
+    )
+    assert cv2.imread(str(gen)).shape == (512, 512, 3)
+    edit = tmp_path / "edit.png"
+    argv = [
+        "edit",
+        str(tiny_export),
+        "--image",
+        str(image_file),
+        "make it blue",
+        "--steps",
+        "2",
+        "-o",
+        str(edit),
+    ]
+    assert main(argv) == 0
+    assert cv2.imread(str(edit)).shape == (512, 512, 3)
+    capsys.readouterr()
+    argv = [
+        "ask",
+        str(tiny_export),
+        "--image",
+        str(image_file),
+        "what colour?",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    answer = json.loads(captured.out)
+    assert isinstance(answer["answer"], str) and answer["num_tokens"] <= 4
+    assert "error" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("backend", "folder", "message", "code"),
+    [
+        ("torch", "export", "is an export folder", 2),
+        ("onnxruntime", "checkpoint", "no manifest.json", 2),
+        ("onnxruntime", "broken_export", "corrupt manifest.json", 2),
+        ("tensorrt", "export", "cannot load", 1),  # no TensorRT here, or no engines built on a GPU
+    ],
+)
+def test_backend_load_errors_are_one_line(
+    backend: str,
+    folder: str,
+    message: str,
+    code: int,
+    tiny_checkpoint: Path,
+    tiny_export: Path,
+    image_file: Path,
+    tmp_path: Path,
+    capsys,
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    model = {"export": tiny_export, "checkpoint": tiny_checkpoint, "broken_export": broken}[folder]
+    argv = ["ask", str(model), "--image", str(image_file), "what?", "--backend", backend]
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mobile-o: error:") and message in err[0], err
