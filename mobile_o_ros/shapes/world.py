@@ -233,6 +233,45 @@ def caption(scene: Scene, rng: random.Random | None = None, with_background: boo
     return f"{text}, on a {scene.background} background" if with_background else text
 
 
+def parse_caption(text: str) -> Scene:
+    """The scene a caption in the world's own phrasing describes (the inverse of :func:`caption`).
+
+    Accepts ``"a small red circle on the left and a large blue square at the top, on a white background"``;
+    the background part is optional (white). Raises ``ValueError`` naming the part it cannot read.
+    """
+    body = text.strip().rstrip(".").lower()
+    background = "white"
+    if ", on a " in body:
+        body, tail = body.rsplit(", on a ", 1)
+        background = tail.removesuffix(" background").strip()
+        if background not in BACKGROUNDS:
+            raise ValueError(f"unknown background {background!r} (one of: {', '.join(BACKGROUNDS)})")
+    parts = [p.strip() for chunk in body.split(" and ") for p in chunk.split(", ") if p.strip()]
+    phrases = {phrase: name for name, phrase in POSITION_PHRASES.items()}
+    objects: list[Shape] = []
+    for part in parts:
+        words = part.removeprefix("a ").split(" ", 3)
+        position = phrases.get(words[3]) if len(words) == 4 else None
+        if (
+            len(words) != 4
+            or words[0] not in SIZES
+            or words[1] not in COLOURS
+            or words[2] not in SHAPES
+            or position is None
+        ):
+            raise ValueError(
+                f"cannot read {part!r}: expected 'a SIZE COLOUR SHAPE POSITION' with SIZE one of "
+                f"{'/'.join(SIZES)}, COLOUR one of {'/'.join(COLOURS)}, SHAPE one of {'/'.join(SHAPES)}, "
+                f"POSITION one of: {', '.join(POSITION_PHRASES.values())}"
+            )
+        objects.append(Shape(words[2], words[1], position, words[0]))
+    if not 1 <= len(objects) <= 3:
+        raise ValueError(f"a scene holds one to three shapes, the caption names {len(objects)}")
+    if len({o.position for o in objects}) != len(objects):
+        raise ValueError("two shapes share a position")
+    return Scene(background, tuple(objects))
+
+
 def reference(scene: Scene, o: Shape) -> str:
     """The shortest unambiguous name of ``o`` in ``scene``: ``"circle"``, ``"red circle"`` or a position."""
     if sum(x.shape == o.shape for x in scene.objects) == 1:
