@@ -435,8 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     from mobile_o_ros.shapes.cli import add_parsers as add_shapes_parsers
+    from mobile_o_ros.shapes.draw import add_parser as add_draw_scene_parser
 
     add_shapes_parsers(sub)  # train-demo, selftest
+    add_draw_scene_parser(sub)
     return parser
 
 
