@@ -97,7 +97,9 @@ class LlmDecodeGraph(nn.Module):
         values = cache_kv[1].scatter(2, index, v)
         k_all = repeat_kv(keys, attn.num_key_value_groups)
         v_all = repeat_kv(values, attn.num_key_value_groups)
-        scores = torch.matmul(q, k_all.transpose(2, 3)) * attn.scaling + mask
+        # The scale goes on q before QK^T: fp16 scores stay in range, and it is the form TensorRT's fused
+        # attention matches (transformers' eager path scales after the MatMul).
+        scores = torch.matmul(q * attn.scaling, k_all.transpose(2, 3)) + mask
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         out = torch.matmul(probs, v_all).transpose(1, 2).reshape(b, t, -1)
         return attn.o_proj(out), torch.stack([keys, values], dim=0)
@@ -120,7 +122,8 @@ class LlmDecodeGraph(nn.Module):
             h = residual + attn_out
             h = h + layer.mlp(layer.post_attention_layernorm(h))
             new_cache.append(layer_cache)
-        last = self.inner.norm(h[:, -1, :])
+        # A Slice (not a Gather at index -1, undefined in TensorRT on a dynamic axis) takes the last position.
+        last = self.inner.norm(h[:, -1:, :]).squeeze(1)
         logits = torch.cat([last @ self.lm_head_weight[a:b].t() for a, b in self.lm_head_bounds], dim=-1)
         return logits, torch.stack(new_cache, dim=0)
 
