@@ -350,7 +350,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=("fp32", "bf16", "fp16"),
         default="fp32",
-        help="torch backend precision of the generation path (the reference uses bf16)",
+        help=(
+            "torch backend, generate and edit: the precision of the MCP, DiT and VAE (the vision tower "
+            "and LLM stay fp32; ask runs in fp32; the exported backends ignore it)"
+        ),
     )
     p.add_argument("--json", action="store_true", help="print a JSON result")
 

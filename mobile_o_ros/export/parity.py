@@ -58,12 +58,23 @@ def _t2n(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def decode_parity(
-    llm, run, embeds: torch.Tensor, n_layers: int, kv_heads: int, head_dim: int
+def llm_parity(
+    llm, run, embeds: torch.Tensor, hidden_states: torch.Tensor, n_layers: int, kv_heads: int, head_dim: int
 ) -> dict[str, Any]:
-    """``llm_decode`` against transformers' logits: a prefill of L−1 tokens, then one cached decode step."""
+    """The ``llm`` graph against transformers: ``mcp_inputs`` of one prefill (zero cache, capacity L) against
+    ``hidden_states`` [1, 4, L, D]; logits of a prefill of L−1 tokens, then of one cached decode step."""
     n = embeds.shape[1]
     logits = llm(inputs_embeds=embeds).logits[0]
+    pos = np.arange(n, dtype=np.int64)
+    full = run(
+        "llm",
+        {
+            "inputs_embeds": _t2n(embeds),
+            "position_ids": pos[None],
+            "attention_mask": decode_mask(pos, n, graphs.MASK_VALUE),
+            "kv_cache": np.zeros((n_layers, 2, 1, kv_heads, n, head_dim), np.float32),
+        },
+    )
     cap = n + 8
     cache = np.zeros((n_layers, 2, 1, kv_heads, cap, head_dim), np.float32)
     pos = np.arange(n - 1, dtype=np.int64)
@@ -73,7 +84,7 @@ def decode_parity(
         "attention_mask": decode_mask(pos, cap, graphs.MASK_VALUE),
         "kv_cache": cache,
     }
-    out = run("llm_decode", feeds)
+    out = run("llm", feeds)
     last = np.array([n - 1], dtype=np.int64)
     feeds = {
         "inputs_embeds": _t2n(embeds[:, -1:]),
@@ -81,8 +92,9 @@ def decode_parity(
         "attention_mask": decode_mask(last, cap, graphs.MASK_VALUE),
         "kv_cache": out["kv_cache_out"],
     }
-    out2 = run("llm_decode", feeds)
+    out2 = run("llm", feeds)
     return {
+        "mcp_inputs": compare(_t2n(hidden_states), full["mcp_inputs"]),
         "logits_prefill": compare(_t2n(logits[n - 2]), out["logits"][0]),
         "logits_decode_step": compare(_t2n(logits[n - 1]), out2["logits"][0]),
     }
@@ -107,13 +119,9 @@ def graph_parity(
     ids = tokenizer_image_token(prompts.generation_prompt("a red circle on the left and a blue square"), tok)
     embeds = model.embed_tokens(torch.tensor([ids]))
     stacked = torch.stack(model.mcp_inputs(embeds), dim=1)  # transformers' own hidden-state capture
-    results["llm_hidden"] = {
-        "mcp_inputs": compare(_t2n(stacked), run("llm_hidden", {"inputs_embeds": _t2n(embeds)})["mcp_inputs"])
-    }
-
     m = runtime.model_info
-    results["llm_decode"] = decode_parity(
-        model.llm, run, embeds, m["num_layers"], m["num_key_value_heads"], m["head_dim"]
+    results["llm"] = llm_parity(
+        model.llm, run, embeds, stacked, m["num_layers"], m["num_key_value_heads"], m["head_dim"]
     )
 
     cfg_batch = torch.cat([torch.zeros_like(stacked), stacked], dim=0)
@@ -157,17 +165,16 @@ def graph_parity(
 def end_to_end_parity(
     loaded: LoadedCheckpoint, runtime: MobileORuntime, steps: int = 4, seed: int = 0
 ) -> dict[str, Any]:
-    """Greedy answers (identical ids) and images from the same noise (PSNR) on both stacks."""
+    """Greedy answers (identical ids) and images from the same seed (PSNR) on both stacks."""
     pipe = ReferencePipeline(loaded.model.float(), loaded.tokenizer, gen_dtype=torch.float32)
     image = test_image(seed=seed + 1)
     question = "what colour is the square?"
     ref_ans = pipe.answer(image, question, max_new_tokens=runtime.defaults["max_new_tokens"])
     rt_ans = runtime.ask(image, question, max_new_tokens=runtime.defaults["max_new_tokens"], seed=seed)
-    noise = runtime.initial_latents(seed)
-    ref_gen = pipe.generate("a blue triangle at the top", steps=steps, latents=torch.from_numpy(noise))
-    rt_gen = runtime.generate("a blue triangle at the top", steps=steps, latents=noise).image
-    ref_edit = pipe.edit(image, "make the square green", steps=steps, latents=torch.from_numpy(noise))
-    rt_edit = runtime.edit(image, "make the square green", steps=steps, latents=noise).image
+    ref_gen = pipe.generate("a blue triangle at the top", steps=steps, seed=seed)
+    rt_gen = runtime.generate("a blue triangle at the top", steps=steps, seed=seed).image
+    ref_edit = pipe.edit(image, "make the square green", steps=steps, seed=seed)
+    rt_edit = runtime.edit(image, "make the square green", steps=steps, seed=seed).image
     return {
         "answer": {
             "reference": ref_ans.text,
@@ -212,7 +219,7 @@ def random_weight_parity(
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    names = graphs_to_check or ["vision", "llm_hidden", "llm_decode", "mcp", "dit", "vae_decoder"]
+    names = graphs_to_check or ["vision", "llm", "mcp", "dit", "vae_decoder"]
     results: dict[str, Any] = {}
     for name in names:
         parts = build_parts(config, [name])
@@ -244,19 +251,17 @@ def _compare_graph(name: str, parts, backend) -> dict[str, Any]:
         pixels = reference_preprocess(test_image(), size=cfg.image_size)
         ref = parts.mm_projector(parts.vision(pixels))
         return {"image_embeds": compare(_t2n(ref), run("vision", {"images": _t2n(pixels)})["image_embeds"])}
-    if name in ("llm_hidden", "llm_decode"):
+    if name == "llm":
         length = 300
         embeds = torch.randn(1, length, cfg.hidden_size, generator=gen) * 0.02
-        if name == "llm_hidden":
-            hs = parts.llm.model(inputs_embeds=embeds, output_hidden_states=True).hidden_states[-4:]
-            out = run("llm_hidden", {"inputs_embeds": _t2n(embeds)})["mcp_inputs"]
-            return {"mcp_inputs": compare(_t2n(torch.stack(list(hs), dim=1)), out)}
+        hs = parts.llm.model(inputs_embeds=embeds, output_hidden_states=True).hidden_states
         m = cfg.llm
         heads = int(m["num_attention_heads"])
-        return decode_parity(
+        return llm_parity(
             parts.llm,
             run,
             embeds,
+            torch.stack(list(hs[-cfg.mcp.num_layers :]), dim=1),
             int(m["num_hidden_layers"]),
             int(m["num_key_value_heads"]),
             cfg.hidden_size // heads,

@@ -1,4 +1,4 @@
-"""Reference pipelines for understanding, generation and editing, exactly as facts §3-§5.
+"""Reference pipelines for understanding, generation and editing, as the released inference code runs them.
 
 A pipeline is a readable loop over named parts: prompt → tokens (−200 splice of the 256 image tokens) →
 LLM → (VQA) sampled tokens, or (generation/editing) hidden_states[-4:] → MCP on [uncond zeros, cond] →
@@ -17,6 +17,7 @@ from diffusers import DPMSolverMultistepScheduler
 from mobile_o_ros import prompts
 from mobile_o_ros.reference.model import MobileO
 from mobile_o_ros.reference.preprocess import reference_preprocess
+from mobile_o_ros.runtime.sampling import initial_latents
 
 #: Called after each denoising step with (step index starting at 1, total steps).
 StepCallback = Callable[[int, int], None]
@@ -54,8 +55,10 @@ class Answer:
 class ReferencePipeline:
     """The three Mobile-O tasks on the PyTorch reference model.
 
-    ``gen_dtype`` is the precision of the generation path (the reference uses bf16; fp32 is the parity
-    baseline); VQA runs in the model's dtype (the reference runs it in fp32).
+    ``gen_dtype`` is the precision of the generation path: when given, the model's MCP, DiT and VAE are cast
+    to it in place (fp32 is the parity baseline; the released code runs these in bf16). The vision tower,
+    projector and LLM keep the model's dtype, so VQA and the LLM prefill that conditions generation run as
+    loaded (fp32 from :func:`~mobile_o_ros.reference.checkpoint.load_checkpoint`).
     """
 
     def __init__(self, model: MobileO, tokenizer, gen_dtype: torch.dtype | None = None) -> None:
@@ -63,6 +66,8 @@ class ReferencePipeline:
         self.tokenizer = tokenizer
         self.config = model.config
         self.gen_dtype = gen_dtype or next(model.parameters()).dtype
+        for part in (model.mcp, model.dit, model.vae):
+            part.to(self.gen_dtype)
 
     # ----------------------------------------------------------------------------- shared steps
     def prompt_embeddings(self, prompt: str, image: np.ndarray | None = None) -> torch.Tensor:
@@ -85,12 +90,12 @@ class ReferencePipeline:
         hidden = self.model.mcp_inputs(inputs_embeds)
         stacked = torch.stack(hidden, dim=1)  # [1, 4, N, D]
         cfg_batch = torch.cat([torch.zeros_like(stacked), stacked], dim=0)
-        return self.model.mcp(cfg_batch).float()
+        return self.model.mcp(cfg_batch.to(self.gen_dtype)).float()
 
     def initial_latents(self, seed: int) -> torch.Tensor:
-        """Gaussian noise [1, C, H, W] fp32 from a seeded CPU generator."""
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        return torch.randn((1, *self.config.latent_shape), generator=gen, dtype=torch.float32)
+        """The noise of ``seed``, [1, C, H, W] fp32, by the runtime's definition
+        (:func:`~mobile_o_ros.runtime.sampling.initial_latents`): a seed gives one image on every backend."""
+        return torch.from_numpy(initial_latents(seed, self.config.latent_shape))
 
     def denoise(
         self,

@@ -1,7 +1,7 @@
 """The torch-free Mobile-O pipelines over a :class:`~mobile_o_ros.runtime.backend.Backend`.
 
 Host-side, in numpy: tokenization and the −200 splice of image tokens, the CFG batch, the DPM-Solver++
-flow scheduler, CFG combine and latent math in fp32, token sampling. Engines run the six graphs.
+flow scheduler, CFG combine and latent math in fp32, token sampling. Engines run the five graphs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mobile_o_ros import prompts, validation
 from mobile_o_ros.runtime.backend import Backend
 from mobile_o_ros.runtime.manifest import load_manifest
 from mobile_o_ros.runtime.preprocess import preprocess_image
-from mobile_o_ros.runtime.sampling import make_rng, sample_next_token
+from mobile_o_ros.runtime.sampling import initial_latents, make_rng, sample_next_token
 from mobile_o_ros.runtime.scheduler import FlowDPMSolverScheduler
 from mobile_o_ros.runtime.tokenizer import IncrementalDecoder, TextTokenizer
 
@@ -57,7 +57,7 @@ def postprocess(image: np.ndarray) -> np.ndarray:
 
 
 def decode_mask(positions: np.ndarray, capacity: int, mask_value: float = -30000.0) -> np.ndarray:
-    """Additive mask [1, 1, T, C] for ``llm_decode``: query at absolute position p sees cache slots ≤ p."""
+    """Additive mask [1, 1, T, C] for the ``llm`` graph: query at absolute position p sees cache slots ≤ p."""
     visible = np.arange(capacity)[None, :] <= positions[:, None]
     return np.where(visible, 0.0, mask_value).astype(np.float32)[None, None]
 
@@ -88,6 +88,7 @@ class MobileORuntime:
         m = manifest["model"]
         self.model_info = m
         self.tokenizer = TextTokenizer.from_file(self.export_dir / "tokenizer.json")
+        # fp16 rows, memory-mapped; every lookup is upcast to fp32
         self.embed_table = np.load(self.export_dir / "embed_tokens.npy", mmap_mode="r")
         self.eos_id = int(manifest["special_tokens"]["eos"])
         self.latent_shape = tuple(m["latent_shape"])
@@ -134,16 +135,30 @@ class MobileORuntime:
             )
         return self.tokenizer.splice_image_embeddings(ids, self.embed_table, image_embeds).astype(np.float32)
 
+    def kv_shape(self, capacity: int) -> tuple[int, ...]:
+        """The ``llm`` graph's KV cache shape for ``capacity`` positions."""
+        m = self.model_info
+        return (m["num_layers"], 2, 1, m["num_key_value_heads"], int(capacity), m["head_dim"])
+
     def conditioning(self, inputs_embeds: np.ndarray) -> np.ndarray:
-        """LLM prefill → MCP on [all-zero hidden states, conditional] → [2, N, caption_dim] (true length)."""
-        stacked = self.backend.run("llm_hidden", {"inputs_embeds": inputs_embeds[None]})["mcp_inputs"]
+        """LLM prefill (``mcp_inputs`` of the ``llm`` graph, zero cache of the prompt's length) → MCP on
+        [all-zero hidden states, conditional] → [2, N, caption_dim] (true length)."""
+        n = len(inputs_embeds)
+        positions = np.arange(n, dtype=np.int64)
+        feeds = {
+            "inputs_embeds": inputs_embeds[None].astype(np.float32),
+            "position_ids": positions[None],
+            "attention_mask": decode_mask(positions, n, self.model_info["mask_value"]),
+        }
+        with self.backend.kv_cache("llm", self.kv_shape(n)) as kv:
+            stacked = kv.run(feeds, outputs=("mcp_inputs",))["mcp_inputs"]
         cfg_batch = np.concatenate([np.zeros_like(stacked), stacked], axis=0)
         return self.backend.run("mcp", {"hidden_states": cfg_batch})["conditioning"]
 
     def initial_latents(self, seed: int) -> np.ndarray:
-        """Gaussian noise [1, C, H, W] fp32 from a seeded numpy generator."""
-        rng = np.random.default_rng(int(seed))
-        return rng.standard_normal((1, *self.latent_shape), dtype=np.float32)
+        """The noise of ``seed``, [1, C, H, W] fp32 (:func:`~mobile_o_ros.runtime.sampling.initial_latents`:
+        the torch reference draws the same)."""
+        return initial_latents(seed, self.latent_shape)
 
     def denoise(
         self,
@@ -273,40 +288,33 @@ class MobileORuntime:
         rng, used_seed = make_rng(validation.check_seed(seed))
         prompt = prompts.vqa_prompt(question) if image is not None else prompts.chat_prompt(question)
         embeds = self.prompt_embeddings(prompt, image, reserve=n_new)
-        m = self.model_info
         capacity = int(math.ceil((len(embeds) + n_new) / 64) * 64)
-        cache = np.zeros(
-            (m["num_layers"], 2, 1, m["num_key_value_heads"], capacity, m["head_dim"]), np.float32
-        )
         positions = np.arange(len(embeds), dtype=np.int64)
         step_embeds = embeds
         decoder = IncrementalDecoder(self.tokenizer)
         ids: list[int] = []
         text = ""
         cancelled = False
-        for _ in range(n_new):
-            if should_cancel is not None and should_cancel():
-                cancelled = True
-                break
-            out = self.backend.run(
-                "llm_decode",
-                {
+        with self.backend.kv_cache("llm", self.kv_shape(capacity)) as kv:  # stays on the device (TensorRT)
+            for _ in range(n_new):
+                if should_cancel is not None and should_cancel():
+                    cancelled = True
+                    break
+                feeds = {
                     "inputs_embeds": step_embeds[None].astype(np.float32),
                     "position_ids": positions[None],
                     "attention_mask": decode_mask(positions, capacity, self.model_info["mask_value"]),
-                    "kv_cache": cache,
-                },
-            )
-            cache = out["kv_cache_out"]
-            token = sample_next_token(out["logits"][0], temperature, top_p, top_k, rng)
-            if token == self.eos_id:
-                break
-            ids.append(token)
-            text += decoder.add(token)
-            if on_token is not None:
-                on_token(text, len(ids))
-            step_embeds = np.asarray(self.embed_table[token : token + 1], dtype=np.float32)
-            positions = np.array([positions[-1] + 1], dtype=np.int64)
+                }
+                logits = kv.run(feeds, outputs=("logits",))["logits"]
+                token = sample_next_token(logits[0], temperature, top_p, top_k, rng)
+                if token == self.eos_id:
+                    break
+                ids.append(token)
+                text += decoder.add(token)
+                if on_token is not None:
+                    on_token(text, len(ids))
+                step_embeds = np.asarray(self.embed_table[token : token + 1], dtype=np.float32)
+                positions = np.array([positions[-1] + 1], dtype=np.int64)
         answer = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return AskResult(answer, len(ids), used_seed, ids, cancelled, prompt_tokens=len(embeds))
 

@@ -1,8 +1,11 @@
-"""Next-token selection on the host, following HF ``generate`` semantics (facts §5).
+"""Seeded randomness on the host: the initial noise of a seed, and next-token selection.
 
-Greedy when the temperature is 0; otherwise, in HF's order, ``TemperatureLogitsWarper``, then
-``TopKLogitsWarper``, then ``TopPLogitsWarper`` (each with ``min_tokens_to_keep=1``), then a float64
-softmax and a draw from a seeded ``numpy.random.Generator``.
+:func:`initial_latents` is the one definition of "the noise for seed S" that every backend uses (the torch
+reference, onnxruntime, TensorRT), so a seed gives the same image on each.
+
+Next-token selection follows HF ``generate``: greedy when the temperature is 0; otherwise, in HF's order,
+``TemperatureLogitsWarper``, then ``TopKLogitsWarper``, then ``TopPLogitsWarper`` (each with
+``min_tokens_to_keep=1``), then a float64 softmax and a draw from a seeded ``numpy.random.Generator``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ def make_rng(seed: int | None) -> tuple[np.random.Generator, int]:
     if seed < 0:
         raise ValueError(f"seed must be -1 (random) or non-negative, got {seed}")
     return np.random.default_rng(seed), seed
+
+
+def initial_latents(seed: int, latent_shape: tuple[int, ...]) -> np.ndarray:
+    """The initial noise of ``seed``: standard normal [1, *latent_shape] float32 from
+    ``numpy.random.default_rng(seed)``, the same on every backend."""
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return np.random.default_rng(seed).standard_normal((1, *latent_shape), dtype=np.float32)
 
 
 def _check(temperature: float, top_p: float, top_k: int) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mobile_o_ros.runtime.sampling import initial_latents
 from mobile_o_ros.shapes import world
 from mobile_o_ros.shapes.detector import score_edit, score_generation
 
@@ -262,8 +263,8 @@ def editing_items(per_kind: int) -> list[world.Edit]:
 
 
 def noise(seed: int, latent_shape: tuple[int, ...]) -> np.ndarray:
-    """The initial latents of an item: standard normal [1, *latent_shape] fp32 from a numpy seed."""
-    return np.random.default_rng(seed).standard_normal((1, *latent_shape), dtype=np.float32)
+    """The initial latents of an item: the noise of ``seed`` that every backend draws, [1, *latent_shape]."""
+    return initial_latents(seed, latent_shape)
 
 
 # ------------------------------------------------------------------------------------------- runs
