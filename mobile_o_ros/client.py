@@ -16,11 +16,13 @@
 
 The client owns a small node spun by a MultiThreadedExecutor in a background thread (llama_ros style), so
 every method can be called from plain Python code. ``rclpy.init()`` is called when needed (and
-``rclpy.shutdown()`` on :meth:`MobileOClient.close` in that case).
+``rclpy.shutdown()`` on :meth:`MobileOClient.close` in that case). A client that is never closed is closed
+at interpreter exit, before Python tears down the threads still inside rcl.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import functools
@@ -30,6 +32,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -259,10 +262,40 @@ class ActionCall:
         return self._result_future is not None and self._result_future.done()
 
 
+#: Clients not closed yet; :func:`_close_live_clients` closes them at interpreter exit.
+_LIVE_CLIENTS: weakref.WeakSet[MobileOClient] = weakref.WeakSet()
+_EXIT_HOOK = threading.Lock()
+_exit_hook_registered = False
+
+
+def _close_live_clients() -> None:
+    """Close every client still open (an atexit hook: a spin thread left inside rcl aborts the exit)."""
+    for client in list(_LIVE_CLIENTS):
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def _track(client: MobileOClient) -> None:
+    """Remember ``client`` for the exit hook (registered once, by the first client, after rclpy's import)."""
+    global _exit_hook_registered
+    with _EXIT_HOOK:
+        if not _exit_hook_registered:
+            atexit.register(_close_live_clients)
+            _exit_hook_registered = True
+        _LIVE_CLIENTS.add(client)
+
+
+def _spin(executor: Any) -> None:
+    """The client's executor thread (holds the executor, not the client)."""
+    with contextlib.suppress(Exception):  # the context was shut down under us
+        executor.spin()
+
+
 class MobileOClient:
     """Services and actions of a Mobile-O node under ``namespace`` (default ``/mobile_o``).
 
     ``context``: an initialised rclpy Context to use (default: the global one, initialised if needed).
+    Close it with :meth:`close` or a ``with`` block; one left open is closed at interpreter exit.
     """
 
     def __init__(
@@ -342,17 +375,18 @@ class MobileOClient:
         ]
         self._executor = MultiThreadedExecutor(num_threads=4, context=context)
         self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, name="mobile_o_client", daemon=True)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=_spin, args=(self._executor,), name="mobile_o_client", daemon=True
+        )
         self._thread.start()
+        _track(self)
 
     def _route_feedback(self, msg: Any) -> None:
         call = self._routes.get(bytes(msg.goal_id.uuid))
         if call is not None:
             call._on_feedback(msg.feedback)
-
-    def _spin(self) -> None:
-        with contextlib.suppress(Exception):  # the context was shut down under us
-            self._executor.spin()
 
     def name(self, relative: str) -> str:
         """The full name of a service or action (``/mobile_o/ask``)."""
@@ -556,16 +590,25 @@ class MobileOClient:
         return images.image_to_rgb(msg, "result image")
 
     def close(self) -> None:
-        """Stop the executor thread and destroy the node (and shut rclpy down if this client started it)."""
+        """Stop and join the executor thread, destroy the node, and shut rclpy down if this client started it.
+
+        Idempotent; called at interpreter exit for a client that is still open.
+        """
         import rclpy
 
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        _LIVE_CLIENTS.discard(self)
         self._executor.shutdown(timeout_sec=2.0)
+        self._thread.join(timeout=5.0)
         for a in self._actions.values():
             a.destroy()
         self.node.destroy_node()
         if self._owns_rclpy:
             rclpy.try_shutdown()
-        self._thread.join(timeout=5.0)
+        self._thread.join(timeout=5.0)  # a spin that missed the executor's shutdown ends with the context
 
     def __enter__(self) -> MobileOClient:
         return self
