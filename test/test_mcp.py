@@ -1,11 +1,16 @@
-"""The MCP: exact facts-§2 structure, fed hidden_states[-4:] (three raw layers, the last final-normed)."""
+"""The MCP: the released structure, fed hidden_states[-4:] (three raw layers, the last final-normed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
 import torch
 
 from mobile_o_ros.model_config import MCPConfig
-from mobile_o_ros.reference.mcp import MobileConditioningProjector
+from mobile_o_ros.reference.mcp import MobileConditioningProjector, SqueezeExcite
 
 
 def test_parameter_count_and_keys() -> None:
@@ -50,3 +55,45 @@ def test_mcp_depends_on_length_and_weights_are_softmaxed(tiny_loaded) -> None:
     assert full.shape == (1, 10, tiny_loaded.config.mcp.output_dim)
     assert not torch.allclose(full, padded)  # not padding-invariant: run at the true length
     assert torch.isclose(w.sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize(
+    ("dim", "hidden"), [(8, 8), (16, 8), (32, 8), (36, 9), (64, 16), (128, 32), (512, 128)]
+)
+def test_squeeze_excite_width_is_a_quarter_but_at_least_8(dim: int, hidden: int) -> None:
+    se = SqueezeExcite(dim)
+    assert se.fc[0].weight.shape == (hidden, dim)
+    assert se.fc[2].weight.shape == (dim, hidden)
+
+
+def test_narrow_mcp_has_8_wide_se_and_exports_to_onnx(tmp_path: Path) -> None:
+    """An MCP 16 wide: SE 16→8→16, and its ONNX graph computes what torch does."""
+    from mobile_o_ros.export import graphs
+    from mobile_o_ros.export.onnx_export import GraphSpec, export_graph
+    from mobile_o_ros.export.parity import compare
+    from mobile_o_ros.runtime.ort_backend import OnnxRuntimeBackend
+
+    torch.manual_seed(0)
+    mcp = MobileConditioningProjector(MCPConfig(input_dim=24, hidden_dim=16, output_dim=20)).eval()
+    for block in mcp.fusion.sequence_refiners:
+        assert block.channel_attn.fc[0].weight.shape == (8, 16)
+    with torch.no_grad():
+        for p in mcp.parameters():  # away from LayerNorm's defaults, so every weight matters
+            p.add_(0.3 * torch.randn_like(p))
+    spec = GraphSpec(
+        "mcp",
+        graphs.McpGraph(SimpleNamespace(mcp=mcp)),
+        {"hidden_states": torch.randn(2, 4, 12, 24)},
+        ["conditioning"],
+        {"hidden_states": {0: "batch", 2: "seq"}, "conditioning": {0: "batch", 1: "seq"}},
+    )
+    meta = export_graph(spec, tmp_path)
+    backend = OnnxRuntimeBackend(tmp_path, {"graphs": {"mcp": meta}}, graphs=["mcp"])
+    x = torch.randn(2, 4, 7, 24)
+    x[0] = 0
+    with torch.no_grad():
+        ref = mcp(x).numpy()
+    out = backend.run("mcp", {"hidden_states": x.numpy()})["conditioning"]
+    m = compare(ref, out)
+    assert out.shape == (2, 7, 20) and np.isfinite(out).all()
+    assert m["cosine"] >= 0.99999 and m["max_abs"] <= 1e-4, m

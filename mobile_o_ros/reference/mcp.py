@@ -1,4 +1,4 @@
-"""Mobile Conditioning Projector (MCP), exactly as facts §2 describes the reference code.
+"""Mobile Conditioning Projector (MCP), as the released code builds it.
 
 Fuses the LLM's last ``num_layers`` hidden states (three raw layer outputs and the final-normed last one)
 into the DiT's caption embeddings. Not padding-invariant: the SE pooling averages over every token and the
@@ -28,15 +28,26 @@ class DepthwiseSeparableConv1d(nn.Module):
         return self.act(self.norm(y))
 
 
+#: The squeeze-excitation's hidden width never goes below this many channels.
+SE_MIN_HIDDEN = 8
+
+
+def se_hidden_dim(dim: int, reduction: int = 4) -> int:
+    """The SE bottleneck width of a ``dim``-wide block: ``max(dim // reduction, 8)``."""
+    return max(dim // reduction, SE_MIN_HIDDEN)
+
+
 class SqueezeExcite(nn.Module):
-    """SE channel attention: mean over all tokens → C→C/4 → Hardswish → C/4→C → Hardsigmoid (no biases)."""
+    """SE channel attention: mean over all tokens → C→H → Hardswish → H→C → Hardsigmoid (no biases), with
+    H = ``max(C // 4, 8)``."""
 
     def __init__(self, dim: int, reduction: int = 4) -> None:
         super().__init__()
+        hidden = se_hidden_dim(dim, reduction)
         self.fc = nn.Sequential(
-            nn.Linear(dim, dim // reduction, bias=False),
+            nn.Linear(dim, hidden, bias=False),
             nn.Hardswish(),
-            nn.Linear(dim // reduction, dim, bias=False),
+            nn.Linear(hidden, dim, bias=False),
             nn.Hardsigmoid(),
         )
 
