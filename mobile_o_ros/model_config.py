@@ -17,6 +17,9 @@ PRESETS = ("real-0.5b", "real-1.5b", "tiny", "shapes")
 #: The block our tiny checkpoints add to config.json to describe non-standard part sizes.
 EXTENSION_KEY = "mobile_o_ros"
 
+#: The released vision tower's name without its size; the full name ends in the input size in pixels.
+VISION_TOWER_PREFIX = "mobileclip_l_"
+
 
 def load_json_config(name: str) -> dict[str, Any]:
     """Read an embedded JSON config from ``mobile_o_ros/configs`` (no network, no hub)."""
@@ -26,7 +29,7 @@ def load_json_config(name: str) -> dict[str, Any]:
 
 @dataclass
 class MCPConfig:
-    """Mobile Conditioning Projector sizes (facts §2)."""
+    """Mobile Conditioning Projector sizes (the released 0.5B model's by default)."""
 
     input_dim: int = 896
     hidden_dim: int = 512
@@ -37,7 +40,7 @@ class MCPConfig:
 
 @dataclass
 class Defaults:
-    """Pipeline defaults of the Python reference (facts §3, §5, §12)."""
+    """Pipeline defaults of the released Python code: 20 steps, CFG 1.5, 256 new tokens, greedy."""
 
     steps: int = 20
     guidance_scale: float = 1.5
@@ -80,7 +83,7 @@ class MobileOConfig:
 
     @property
     def vae_scaling_factor(self) -> float:
-        """Latents are divided by this before decoding (facts §1.5: divide only, no shift)."""
+        """Latents are divided by this before decoding (divide only, no shift)."""
         return float(self.vae["scaling_factor"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -336,8 +339,8 @@ def config_from_checkpoint_json(cj: dict[str, Any], vocab_rows: int | None = Non
             if "1600M" in diffusion
             else "sana_600m_512px_transformer.json"
         )
-        tower = str(cj.get("mm_vision_tower", "mobileclip_l_1024"))
-        if "mobileclip_l" not in tower:
+        tower = str(cj.get("mm_vision_tower", vision_tower_name(1024)))
+        if VISION_TOWER_PREFIX.rstrip("_") not in tower:
             raise ValueError(f"unsupported vision tower {tower!r} (expected mobileclip_l_1024 / FastViTHD)")
         llm = {k: cj[k] for k in _QWEN2_FIELDS if k in cj}
         llm["model_type"] = "qwen2"
@@ -356,13 +359,47 @@ def config_from_checkpoint_json(cj: dict[str, Any], vocab_rows: int | None = Non
     return cfg
 
 
+def vision_tower_name(image_size: int) -> str:
+    """The ``mm_vision_tower`` name of a tower taking ``image_size`` px: ``mobileclip_l_<image_size>``."""
+    return f"{VISION_TOWER_PREFIX}{int(image_size)}"
+
+
+def check_vision_tower_name(cj: dict[str, Any], cfg: MobileOConfig) -> None:
+    """Raise ``ValueError`` when ``config.json``'s ``mm_vision_tower`` does not end in the vision input size.
+
+    The released loader reads the input size from the name's end (``int(name.split("_")[-1])``), so a name
+    that disagrees with ``image_size`` makes it resize images to the wrong size. A config without the key
+    passes.
+    """
+    name = cj.get("mm_vision_tower")
+    if name is None:
+        return
+    sizes = {"image_size": int(cfg.image_size)}
+    if "image_size" in cfg.vision:
+        sizes["vision image_size"] = int(cfg.vision["image_size"])
+    suffix = str(name).rsplit("_", 1)[-1]
+    expected = vision_tower_name(cfg.image_size)
+    if not suffix.isdigit():
+        raise ValueError(
+            f"mm_vision_tower {name!r} does not end in its input size (the released loader reads it from "
+            f"there); image_size is {cfg.image_size}: name it {expected!r}"
+        )
+    wrong = {k: v for k, v in sizes.items() if v != int(suffix)}
+    if wrong:
+        said = ", ".join(f"{k} is {v}" for k, v in wrong.items())
+        raise ValueError(
+            f"mm_vision_tower {name!r} says {int(suffix)} px but {said}: name it {expected!r} (the released "
+            f"loader reads the input size from the name's end)"
+        )
+
+
 def checkpoint_config_json(cfg: MobileOConfig) -> dict[str, Any]:
     """The ``config.json`` we write for a checkpoint of ``cfg``, in the released layout plus our block."""
     out: dict[str, Any] = {
         "architectures": ["mobileoForInferenceLM"],
         "model_type": "mobileo_inference",
         **{k: v for k, v in cfg.llm.items() if k != "model_type"},
-        "mm_vision_tower": "mobileclip_l_1024",
+        "mm_vision_tower": vision_tower_name(cfg.image_size),
         "mm_hidden_size": cfg.mm_hidden_size,
         "mm_projector_type": "mlp2x_gelu",
         "mm_vision_select_layer": -2,

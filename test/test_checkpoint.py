@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from mobile_o_ros.model_config import checkpoint_config_json, preset
 from mobile_o_ros.reference.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -17,6 +18,7 @@ from mobile_o_ros.reference.checkpoint import (
     to_checkpoint_state_dict,
 )
 from mobile_o_ros.reference.vision import APPLE_KEY_PREFIX
+from mobile_o_ros.shapes import embedded_model_dir
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -122,3 +124,57 @@ def test_missing_and_corrupt_files(tiny_checkpoint: Path, tmp_path: Path) -> Non
 def test_dtype_is_selectable(tiny_checkpoint: Path) -> None:
     loaded = load_checkpoint(tiny_checkpoint, dtype=torch.bfloat16, load_tokenizer_files=False)
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+
+
+def _shipped() -> Path:
+    path = embedded_model_dir()
+    if not (path / "model.safetensors").is_file():
+        pytest.skip(f"the shipped shapes model is not present ({path})")
+    return path
+
+
+def _set_tower(ckpt: Path, name: str) -> None:
+    cj = json.loads((ckpt / "config.json").read_text())
+    cj["mm_vision_tower"] = name
+    (ckpt / "config.json").write_text(json.dumps(cj))
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "mobileclip_l_256",
+            "'mobileclip_l_256' says 256 px but image_size is 1024: name it 'mobileclip_l_1024'",
+        ),
+        ("mobileclip_l", "'mobileclip_l' does not end in its input size"),
+    ],
+)
+def test_vision_tower_name_must_end_in_the_input_size(
+    tiny_checkpoint: Path, tmp_path: Path, name: str, expected: str
+) -> None:
+    ckpt = _copy(tiny_checkpoint, tmp_path / "ckpt")
+    _set_tower(ckpt, name)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(ckpt, load_tokenizer_files=False)
+    assert expected in str(err.value)
+
+
+def test_shapes_like_checkpoint_named_1024_is_rejected(tmp_path: Path) -> None:
+    """The embedded model's layout (256 px in) under the 1024 px name: the error names both sizes."""
+    ckpt = _copy(_shipped(), tmp_path / "shapes")
+    _set_tower(ckpt, "mobileclip_l_1024")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(ckpt, load_tokenizer_files=False)
+    message = str(err.value)
+    assert "'mobileclip_l_1024' says 1024 px" in message
+    assert "image_size is 256" in message and "vision image_size is 256" in message
+    assert "name it 'mobileclip_l_256'" in message
+
+
+def test_shipped_model_names_its_256_px_tower_and_loads_strictly() -> None:
+    cj = json.loads((_shipped() / "config.json").read_text())
+    assert cj["mm_vision_tower"] == "mobileclip_l_256"
+    loaded = load_checkpoint(_shipped(), strict=True)
+    assert loaded.config.image_size == 256
+    assert checkpoint_config_json(preset("shapes"))["mm_vision_tower"] == "mobileclip_l_256"
+    assert checkpoint_config_json(preset("tiny"))["mm_vision_tower"] == "mobileclip_l_1024"

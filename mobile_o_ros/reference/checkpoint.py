@@ -1,7 +1,7 @@
 """Checkpoint layout and loading: the released Mobile-O key layout ↔ our modules, strict and explained.
 
 The released checkpoint is one HF folder: ``config.json``, ``model.safetensors`` (or shards plus
-``model.safetensors.index.json``) and tokenizer files (facts §6). Keys, by prefix:
+``model.safetensors.index.json``) and the Qwen2 tokenizer files. Keys, by prefix:
 
 =========================================== ============================================
 checkpoint prefix                            our module
@@ -28,7 +28,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mobile_o_ros.model_config import MobileOConfig, checkpoint_config_json, config_from_checkpoint_json
+from mobile_o_ros.model_config import (
+    MobileOConfig,
+    check_vision_tower_name,
+    checkpoint_config_json,
+    config_from_checkpoint_json,
+)
 from mobile_o_ros.reference.model import COMPONENTS, MobileO, vision_config
 from mobile_o_ros.reference.vision import (
     APPLE_KEY_PREFIX,
@@ -48,7 +53,7 @@ PREFIXES: tuple[tuple[str, str, str], ...] = (
     ("lm_head.", "llm", "lm_head."),
 )
 
-#: Keys the facts mark optional: the tied LM head may be absent from the file.
+#: Keys a checkpoint may leave out: the tied LM head (``save_pretrained`` does not write tied weights).
 OPTIONAL_KEYS = frozenset({"lm_head.weight"})
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -278,6 +283,10 @@ def load_checkpoint(
         cfg = config_from_checkpoint_json(cj, vocab_rows=vocab_rows)
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"config.json does not describe a Mobile-O model: {err}") from err
+    try:
+        check_vision_tower_name(cj, cfg)
+    except ValueError as err:
+        raise CheckpointError(f"config.json in {path}: {err}") from err
     parts, _ = split_checkpoint(tensors)
     inference_form = _vision_form(parts["vision"], cfg)
 

@@ -1,7 +1,8 @@
 """Reference (oracle) vision preprocessing: LLaVA ``process_images`` with ``image_aspect_ratio="pad"``.
 
 LLaVA's ``expand2square`` with the background ``int(mean * 255)`` (black, as the mean is 0), then HF
-``CLIPImageProcessor`` configured like FastVLM's MobileCLIP tower (facts §4, §5).
+``CLIPImageProcessor`` configured like FastVLM's MobileCLIP tower: resize the short side to the tower's
+size (bicubic), centre crop, rescale by 1/255, mean 0 and std 1 (so pixels stay in [0, 1]).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ IMAGE_STD = (1.0, 1.0, 1.0)
 
 
 def make_image_processor(size: int = IMAGE_SIZE) -> CLIPImageProcessor:
-    """``CLIPImageProcessor`` as configured for the ``mobileclip_l_1024`` vision tower."""
+    """``CLIPImageProcessor`` as configured for a ``mobileclip_l_<size>`` vision tower (1024 px released)."""
     return CLIPImageProcessor(
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
