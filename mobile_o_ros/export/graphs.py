@@ -1,6 +1,7 @@
 """Export wrappers: one ``nn.Module`` per ONNX graph, with the I/O contract the runtime relies on.
 
-Host-side logic (token splicing, CFG batch, scheduler, sampling) stays out of the graphs (facts §11).
+Host-side logic (token splicing, CFG batch, scheduler, sampling) stays out of the graphs, so each graph is a
+pure tensor function that onnxruntime and TensorRT run alike.
 """
 
 from __future__ import annotations
