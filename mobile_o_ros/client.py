@@ -8,11 +8,12 @@
         print(mo.ask("What is in front of the robot?").answer)      # latest frame of the first camera
         rgb = mo.image_array(mo.generate("a red cube on a table", steps=20).image)
         call = mo.generate_action("a red cube", steps=20)
-        for fb in call:                                               # feedback: step, total
+        for fb in call:                                               # feedback: steps done, total
             print(fb.step, "/", fb.total)
             if fb.step == 5:
                 call.cancel()
         result, status = call.result()
+        print(status, result.message)  # CANCELED cancelled after 6/20 steps (the step in flight finishes)
 
 The client owns a small node spun by a MultiThreadedExecutor in a background thread (llama_ros style), so
 every method can be called from plain Python code. ``rclpy.init()`` is called when needed (and
@@ -25,6 +26,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import enum
 import functools
 import math
 import queue
@@ -46,6 +48,38 @@ _DONE = object()
 
 class ClientError(RuntimeError):
     """The server is unreachable, a goal was rejected, or a wait timed out."""
+
+
+class GoalStatus(enum.IntEnum):
+    """An action goal's final status: the ``action_msgs/GoalStatus`` values, printed by name.
+
+    Equal to the integers of ``action_msgs.msg.GoalStatus`` (``GoalStatus.CANCELED == 5``), and
+    ``GoalStatus.STATUS_CANCELED`` is the same member as ``GoalStatus.CANCELED``.
+    """
+
+    UNKNOWN = 0
+    ACCEPTED = 1
+    EXECUTING = 2
+    CANCELING = 3
+    SUCCEEDED = 4
+    CANCELED = 5
+    ABORTED = 6
+    STATUS_UNKNOWN = 0
+    STATUS_ACCEPTED = 1
+    STATUS_EXECUTING = 2
+    STATUS_CANCELING = 3
+    STATUS_SUCCEEDED = 4
+    STATUS_CANCELED = 5
+    STATUS_ABORTED = 6
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return format(self.name, spec)
 
 
 def _wait_done(futures: list[Any], until: float) -> Any:
@@ -166,7 +200,7 @@ class ActionCall:
         self._name = name
         self._feedback: queue.Queue[Any] = queue.Queue()
         self._result_future: Any = None
-        self._result: tuple[Any, int] | None = None
+        self._result: tuple[Any, GoalStatus] | None = None
         #: (time.monotonic() at arrival, feedback) for every feedback message, in arrival order.
         self.received: list[tuple[float, Any]] = []
         #: Goal requests sent again because no response came within :attr:`GOAL_RESEND_S`.
@@ -220,6 +254,7 @@ class ActionCall:
         self._feedback.put(feedback)
 
     def __iter__(self) -> Iterator[Any]:
+        """``for fb in call`` is ``call.feedback()``: feedback until the goal finishes, no timeout."""
         return self.feedback()
 
     def feedback(self, timeout: float | None = None) -> Iterator[Any]:
@@ -249,11 +284,11 @@ class ActionCall:
         response = _wait(self.goal_handle.cancel_goal_async(), timeout, f"{self._name} cancel")
         return len(response.goals_canceling) > 0
 
-    def result(self, timeout: float | None = None) -> tuple[Any, int]:
-        """(result message, action_msgs/GoalStatus status) once the goal is finished."""
+    def result(self, timeout: float | None = None) -> tuple[Any, GoalStatus]:
+        """(result message, :class:`GoalStatus`) once the goal is finished."""
         if self._result is None:
             wrapped = _wait(self._result_future, timeout, f"{self._name} result")
-            self._result = (wrapped.result, int(wrapped.status))
+            self._result = (wrapped.result, GoalStatus(int(wrapped.status)))
         return self._result
 
     @property

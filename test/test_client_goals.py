@@ -26,6 +26,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
 from unique_identifier_msgs.msg import UUID  # noqa: E402
 
 from mobile_o_ros.client import ActionCall, ClientError, MobileOClient  # noqa: E402
+from mobile_o_ros.client import GoalStatus as ClientGoalStatus  # noqa: E402
 from mobile_o_ros.ros.testing import RosSide, domain_id, wait_until  # noqa: E402
 
 MODULE_INDEX = 4
@@ -126,3 +127,14 @@ def test_a_goal_with_no_server_times_out_with_a_clear_error(client: MobileOClien
     with pytest.raises(ClientError, match=r"timed out after 2\.0 s waiting for .*image goal response"):
         ActionCall(action, goal, client.name("generate_image"), 2.0, client._routes, client._statuses)
     assert time.monotonic() - t0 < 4
+
+
+def test_the_result_status_prints_by_name(ros: RosSide, client: MobileOClient) -> None:
+    StepServer(ros.node)
+    call = client.generate_action("named", steps=STEPS)
+    steps = [fb.step for fb in call]  # iterating the call is call.feedback()
+    result, status = call.result(timeout=20)
+    assert steps == list(range(1, STEPS + 1)) and result.message == "named done"
+    assert status == GoalStatus.STATUS_SUCCEEDED and status is ClientGoalStatus.SUCCEEDED
+    assert (str(status), repr(status), f"{status}") == ("SUCCEEDED", "SUCCEEDED", "SUCCEEDED")
+    assert ClientGoalStatus.STATUS_CANCELED is ClientGoalStatus.CANCELED == GoalStatus.STATUS_CANCELED == 5
