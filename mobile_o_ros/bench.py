@@ -25,12 +25,12 @@ import numpy as np
 COMPONENTS = ("vision", "llm_prefill", "llm_decode", "mcp", "dit_step", "vae_decode", "generation")
 GRAPH_OF = {
     "vision": ["vision"],
-    "llm_prefill": ["llm_decode"],
-    "llm_decode": ["llm_decode"],
+    "llm_prefill": ["llm"],
+    "llm_decode": ["llm"],
     "mcp": ["mcp"],
     "dit_step": ["dit"],
     "vae_decode": ["vae_decoder"],
-    "generation": ["llm_hidden", "mcp", "dit", "vae_decoder"],
+    "generation": ["llm", "mcp", "dit", "vae_decoder"],
 }
 PREFILL_TOKENS = 300
 TEXT_TOKENS = 77
@@ -205,9 +205,9 @@ def run_onnxruntime(onnx_dir: Path, config: str, component: str, quick: bool) ->
             "kv_cache": np.zeros(x["kv_shape"], np.float32),
         }
         if component == "llm_prefill":
-            fn = lambda: run("llm_decode", prefill)
+            fn = lambda: run("llm", prefill)
         else:
-            cache = run("llm_decode", prefill)[1]
+            cache = run("llm", prefill)[1]
             last = np.array([PREFILL_TOKENS], dtype=np.int64)
             step = {
                 "inputs_embeds": x["prefill"][:, :1],
@@ -215,7 +215,7 @@ def run_onnxruntime(onnx_dir: Path, config: str, component: str, quick: bool) ->
                 "attention_mask": decode_mask(last, cap),
                 "kv_cache": cache,
             }
-            fn = lambda: run("llm_decode", step)
+            fn = lambda: run("llm", step)
     elif component == "mcp":
         fn = lambda: run("mcp", {"hidden_states": x["hidden4"]})
     elif component == "dit_step":
@@ -229,9 +229,17 @@ def run_onnxruntime(onnx_dir: Path, config: str, component: str, quick: bool) ->
     elif component == "vae_decode":
         fn = lambda: run("vae_decoder", {"latents": x["latents1"]})
     else:
+        kv_text = (*x["kv_shape"][:4], TEXT_TOKENS, x["kv_shape"][5])
+        pos = np.arange(TEXT_TOKENS, dtype=np.int64)
+        text_prefill = {
+            "inputs_embeds": x["text"],
+            "position_ids": pos[None],
+            "attention_mask": decode_mask(pos, TEXT_TOKENS),
+            "kv_cache": np.zeros(kv_text, np.float32),
+        }
 
         def fn() -> None:
-            stacked = run("llm_hidden", {"inputs_embeds": x["text"]})[0]
+            stacked = run("llm", text_prefill)[2]
             cond = run("mcp", {"hidden_states": np.concatenate([np.zeros_like(stacked), stacked])})[0]
             sched = FlowDPMSolverScheduler(cfg.scheduler)
             sched.set_timesteps(GENERATION_STEPS)

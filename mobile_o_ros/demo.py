@@ -80,9 +80,10 @@ def embedded_checkpoint() -> tuple[Path, str]:
 def exported(checkpoint: Path) -> Path:
     """Export ``checkpoint`` to ONNX once; cached by the checkpoint's sha256."""
     from mobile_o_ros.reference.checkpoint import checkpoint_sha256
+    from mobile_o_ros.runtime.manifest import is_current
 
     out = cache_dir() / "exports" / checkpoint_sha256(checkpoint)[:16]
-    if (out / "manifest.json").is_file():
+    if is_current(out):  # an export of an older manifest version is made again
         return out
     from mobile_o_ros.export.onnx_export import export_model
     from mobile_o_ros.reference.checkpoint import load_checkpoint

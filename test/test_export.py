@@ -13,7 +13,7 @@ from mobile_o_ros.export.onnx_export import sha256_file
 from mobile_o_ros.export.parity import COSINE_THRESHOLD, end_to_end_parity, graph_parity
 from mobile_o_ros.runtime.backend import BackendError
 
-GRAPHS = ("vision", "llm_hidden", "llm_decode", "mcp", "dit", "vae_decoder")
+GRAPHS = ("vision", "llm", "mcp", "dit", "vae_decoder")
 
 
 def test_manifest_describes_every_graph(tiny_export: Path) -> None:
@@ -37,13 +37,49 @@ def test_manifest_describes_every_graph(tiny_export: Path) -> None:
     assert "Clip" in dit["op_types"]  # the ±65504 clip of SANA's linear attention is explicit
     assert dit["inputs"][0]["shape"] == ["batch", 32, 16, 16]
     assert manifest["graphs"]["vae_decoder"]["outputs"][0]["shape"] == [1, 3, 512, 512]
-    assert manifest["graphs"]["llm_hidden"]["outputs"][0]["shape"][:2] == [1, 4]
-    assert "ScatterElements" in manifest["graphs"]["llm_decode"]["op_types"]
+    llm = manifest["graphs"]["llm"]
+    assert [o["name"] for o in llm["outputs"]] == ["logits", "kv_cache_out", "mcp_inputs"]
+    assert llm["outputs"][2]["shape"][:2] == [1, 4] and llm["outputs"][2]["shape"][2] == "seq"
+    assert "ScatterElements" in llm["op_types"]
     assert manifest["model"]["lm_head_chunks"] == 2
     assert manifest["special_tokens"]["image_token_index"] == -200
     assert manifest["defaults"]["steps"] == 20 and manifest["defaults"]["guidance_scale"] == 1.5
     table = np.load(tiny_export / "embed_tokens.npy")
     assert table.shape == (manifest["model"]["vocab_size"], manifest["model"]["hidden_size"])
+    assert table.dtype == np.float16
+
+
+def test_one_llm_graph_without_a_gather_at_minus_one(tiny_export: Path) -> None:
+    """The last position is a Slice: a Gather at index -1 on a dynamic axis is undefined in TensorRT."""
+    proto = onnx.load(str(tiny_export / "llm.onnx"))
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for n in proto.graph.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather" and n.input[1] in consts]
+    assert not [n.name for n in gathers if (consts[n.input[1]] < 0).any()]
+    # q is scaled before QK^T: the score MatMul of each layer takes a Mul, not the other way round
+    scaled = {n.output[0] for n in proto.graph.node if n.op_type == "Mul"}
+    matmuls = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[0] in scaled]
+    assert len(matmuls) >= 4  # one per layer of the tiny model
+
+
+def test_manifest_memory_budget_counts_the_graph_weights(tiny_export: Path, tiny_loaded) -> None:
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    budget = manifest["memory_budget"]
+    assert set(budget["graphs"]) == set(GRAPHS)
+    for name, g in manifest["graphs"].items():
+        proto = onnx.load(str(tiny_export / g["file"]))
+        stored = sum(onnx.numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
+        assert stored <= g["weights_bytes"] <= stored + 4096, name  # + small Constant tensors
+        assert g["weights_bytes"] / 2 <= g["weights_bytes_fp16"] < g["weights_bytes"], name
+        assert budget["graphs"][name]["weights_bytes"] == g["weights_bytes"]
+    assert budget["total_weights_bytes"] == sum(g["weights_bytes"] for g in manifest["graphs"].values())
+    m = manifest["model"]
+    assert budget["embed_table_bytes"] == m["vocab_size"] * m["hidden_size"] * 2
+    # one LLM graph: the transformer and the (tied) LM head once, i.e. every LLM parameter once in fp32
+    expected = sum(p.numel() for p in tiny_loaded.model.llm.parameters()) * 4
+    assert 0 <= manifest["graphs"]["llm"]["weights_bytes"] - expected <= 1 << 16
 
 
 def test_every_graph_matches_pytorch(tiny_loaded, tiny_runtime) -> None:

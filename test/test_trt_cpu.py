@@ -26,7 +26,7 @@ from mobile_o_ros.runtime.manifest import load_manifest
 from mobile_o_ros.trt import builder, cache, precision, profiles
 from mobile_o_ros.trt.cache import EngineCacheError, Environment
 
-GRAPHS = ("vision", "llm_hidden", "llm_decode", "mcp", "dit", "vae_decoder")
+GRAPHS = ("vision", "llm", "mcp", "dit", "vae_decoder")
 ENV = Environment(tensorrt="10.3.0", gpu="Orin", compute_capability="8.7", l4t="R36.4.3")
 
 
@@ -57,7 +57,7 @@ def test_profiles_follow_the_manifest_axes(manifest: dict[str, Any]) -> None:
     assert dit["encoder_hidden_states"] == ((1, 64, dim), (2, 128, dim), (2, 512, dim))
     assert dit["encoder_attention_mask"] == ((1, 64), (2, 128), (2, 512))
     assert dit["latents"][2] == (2, *manifest["model"]["latent_shape"])
-    prefill, decode = profiles.shape_profiles(g["llm_decode"], "llm_decode", "orin-nano")
+    prefill, decode = profiles.shape_profiles(g["llm"], "llm", "orin-nano")
     assert prefill["inputs_embeds"][2][1] == 512 and prefill["kv_cache"][2][4] == 1024
     assert decode["inputs_embeds"] == ((1, 1, 64),) * 3 and decode["attention_mask"][2] == (1, 1, 1, 1024)
     (mcp,) = profiles.shape_profiles(g["mcp"], "mcp", "orin-nano")
@@ -66,14 +66,14 @@ def test_profiles_follow_the_manifest_axes(manifest: dict[str, Any]) -> None:
         {"images": ((1, 3, 1024, 1024),) * 3}
     ]
     assert profiles.shape_profiles(g["vae_decoder"], "vae_decoder", "orin-nano") == []
-    (hidden,) = profiles.shape_profiles(g["llm_hidden"], "llm_hidden", "desktop")
-    assert hidden["inputs_embeds"][2][1] == 1024
+    prefill, _ = profiles.shape_profiles(g["llm"], "llm", "desktop")
+    assert prefill["inputs_embeds"][2][1] == 1024 and prefill["kv_cache"][2][4] == 2048
     with pytest.raises(profiles.ProfileError, match="no profile range"):
         profiles.input_shapes([{"name": "x", "shape": ["mystery", 3]}], {"seq": (1, 2, 3)})
 
 
 def test_select_profile_prefill_vs_decode(manifest: dict[str, Any]) -> None:
-    shapes = profiles.shape_profiles(manifest["graphs"]["llm_decode"], "llm_decode", "orin-nano")
+    shapes = profiles.shape_profiles(manifest["graphs"]["llm"], "llm", "orin-nano")
     ranges = [{n: (s[0], s[2]) for n, s in p.items()} for p in shapes]
 
     def feeds(t: int, c: int) -> dict[str, tuple[int, ...]]:
@@ -87,7 +87,7 @@ def test_select_profile_prefill_vs_decode(manifest: dict[str, Any]) -> None:
     assert profiles.select_profile(ranges, feeds(300, 640)) == 0
     assert profiles.select_profile(ranges, feeds(1, 640)) == 1
     with pytest.raises(profiles.ProfileError, match=r"outside the engine's profiles.*--target desktop"):
-        profiles.select_profile(ranges, feeds(600, 1024), "llm_decode")
+        profiles.select_profile(ranges, feeds(600, 1024), "llm")
     assert profiles.select_profile([{}], {"latents": (1, 32, 16, 16)}) == 0
 
 
@@ -107,7 +107,7 @@ def test_precision_policy_on_the_tiny_graphs(tiny_export: Path) -> None:
     assert dit.get("/dit/transformer_blocks.0/attn2/Softmax") == "norm_reduction"
     assert precision.fp32_layer_names(tiny_export / "dit.onnx", "dit") == sorted(dit)
 
-    for graph in ("llm_hidden", "llm_decode"):
+    for graph in ("llm",):
         llm = precision.fp32_node_rules(tiny_export / f"{graph}.onnx", graph)
         assert {llm.get(f"/rotary_emb/{n}") for n in ("Cos", "Sin", "MatMul")} == {"rotary_embedding"}, graph
         assert any(n.endswith("input_layernorm/Pow") and r == "norm_reduction" for n, r in llm.items())
@@ -735,8 +735,7 @@ def _feeds(tiny_runtime) -> dict[str, dict[str, np.ndarray]]:
     cond = rng.standard_normal((2, n, m["caption_dim"])).astype(np.float32)
     return {
         "vision": {"images": rng.random((1, 3, 1024, 1024), dtype=np.float32)},
-        "llm_hidden": {"inputs_embeds": embeds},
-        "llm_decode": {
+        "llm": {
             "inputs_embeds": embeds,
             "position_ids": pos[None],
             "attention_mask": decode_mask(pos, cap),
@@ -768,8 +767,8 @@ def test_backend_with_the_stand_in_matches_onnxruntime(
             assert out[name].shape == ref[name].shape and out[name].dtype == ref[name].dtype, (graph, name)
             scale = float(np.abs(ref[name]).max()) or 1.0
             np.testing.assert_allclose(out[name], ref[name], rtol=1e-5, atol=1e-5 * scale, err_msg=graph)
-    step = _feeds(tiny_runtime)["llm_decode"]
-    first = backend.run("llm_decode", step)
+    step = _feeds(tiny_runtime)["llm"]
+    first = backend.run("llm", step)
     pos = np.array([23], np.int64)
     token = {
         "inputs_embeds": step["inputs_embeds"][:, :1],
@@ -778,14 +777,14 @@ def test_backend_with_the_stand_in_matches_onnxruntime(
         "kv_cache": first["kv_cache_out"],
     }
     np.testing.assert_allclose(
-        backend.run("llm_decode", token)["logits"],
-        tiny_runtime.backend.run("llm_decode", token)["logits"],
+        backend.run("llm", token)["logits"],
+        tiny_runtime.backend.run("llm", token)["logits"],
         rtol=1e-5,
         atol=1e-5,
     )
     info = backend.describe()
     assert info["backend"] == "tensorrt" and info["version"] == "10.3.0" and info["gpu"] == ENV.gpu
-    assert info["engines"]["llm_decode"]["profiles"] == 2 and info["engines"]["dit"]["dit_buckets"][0] == 64
+    assert info["engines"]["llm"]["profiles"] == 2 and info["engines"]["dit"]["dit_buckets"][0] == 64
     largest = max(e["device_memory_bytes"] for e in info["engines"].values())
     assert info["shared_device_memory_bytes"] == largest
     assert info["gpu_memory_total_bytes"] == 8 << 30 and fake_trt.pushes == 0
@@ -818,7 +817,7 @@ def test_backend_cuda_graphs_replay_static_shapes(
     np.testing.assert_allclose(
         second["velocity"], tiny_runtime.backend.run("dit", feeds["dit"])["velocity"], rtol=1e-5, atol=1e-5
     )
-    backend.run("llm_hidden", feeds["llm_hidden"])  # dynamic-shape graphs are never captured
+    backend.run("llm", feeds["llm"])  # dynamic-shape graphs are never captured
     assert len(graphs.captured) == 1
     assert backend.describe()["engines"]["dit"]["captured_cuda_graphs"] == 1
     backend.close()

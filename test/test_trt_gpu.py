@@ -100,6 +100,19 @@ def _scene() -> np.ndarray:
     return img
 
 
+def _mcp_inputs(rt, embeds: np.ndarray) -> np.ndarray:
+    """The ``llm`` graph's ``mcp_inputs`` of one prefill (what generation feeds the MCP)."""
+    n = len(embeds)
+    pos = np.arange(n, dtype=np.int64)
+    with rt.backend.kv_cache("llm", rt.kv_shape(n)) as kv:
+        feeds = {
+            "inputs_embeds": embeds[None],
+            "position_ids": pos[None],
+            "attention_mask": decode_mask(pos, n),
+        }
+        return kv.run(feeds, outputs=("mcp_inputs",))["mcp_inputs"]
+
+
 def _graph_feeds(rt) -> dict[str, dict[str, np.ndarray]]:
     """Realistic feeds: a templated prompt with an image, its LLM states, MCP output and random latents."""
     rng = np.random.default_rng(7)
@@ -109,13 +122,12 @@ def _graph_feeds(rt) -> dict[str, dict[str, np.ndarray]]:
     cap = math.ceil((n + 8) / 64) * 64
     pos = np.arange(n, dtype=np.int64)
     kv_shape = (m["num_layers"], 2, 1, m["num_key_value_heads"], cap, m["head_dim"])
-    stacked = rt.backend.run("llm_hidden", {"inputs_embeds": embeds[None]})["mcp_inputs"]
+    stacked = _mcp_inputs(rt, embeds)
     cfg = np.concatenate([np.zeros_like(stacked), stacked])
     cond = rt.backend.run("mcp", {"hidden_states": cfg})["conditioning"]
     return {
         "vision": {"images": rng.random((1, 3, rt.image_size, rt.image_size), dtype=np.float32)},
-        "llm_hidden": {"inputs_embeds": embeds[None]},
-        "llm_decode": {
+        "llm": {
             "inputs_embeds": embeds[None],
             "position_ids": pos[None],
             "attention_mask": decode_mask(pos, cap),
@@ -239,7 +251,7 @@ def _next_logits(rt, image: np.ndarray, question: str, prefix: list[int]) -> np.
     pos = np.arange(n, dtype=np.int64)
     cache_in = np.zeros((m["num_layers"], 2, 1, m["num_key_value_heads"], cap, m["head_dim"]), np.float32)
     return rt.backend.run(
-        "llm_decode",
+        "llm",
         {
             "inputs_embeds": embeds[None],
             "position_ids": pos[None],

@@ -34,53 +34,26 @@ class VisionGraph(nn.Module):
         return self.mm_projector(self.vision(images))
 
 
-def _causal_mask(length: int | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    idx = torch.arange(length)
-    hidden = idx[None, :] > idx[:, None]
-    return torch.where(hidden, torch.tensor(MASK_VALUE, dtype=dtype), torch.tensor(0.0, dtype=dtype))[
-        None, None
-    ]
-
-
-class LlmHiddenGraph(nn.Module):
-    """Generation branch: inputs_embeds [1, L, D] → the MCP inputs stacked [1, 4, L, D].
-
-    Raw outputs of the last layers but one plus the final-normed last layer, i.e. hidden_states[-4:]
-    without relying on transformers' hidden-state capture while tracing. No logits, no KV cache.
-    """
-
-    def __init__(self, model: MobileO) -> None:
-        super().__init__()
-        self.inner = model.llm.model
-        self.num_out = model.mcp.num_layers
-
-    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        length = inputs_embeds.shape[1]
-        position_ids = torch.arange(length).unsqueeze(0)
-        cos, sin = self.inner.rotary_emb(inputs_embeds, position_ids)
-        mask = _causal_mask(length, inputs_embeds.dtype)
-        h = inputs_embeds
-        outs = []
-        for layer in self.inner.layers:
-            h = layer(h, attention_mask=mask, position_ids=position_ids, position_embeddings=(cos, sin))
-            outs.append(h)
-        selected = [*outs[-self.num_out : -1], self.inner.norm(h)]
-        return torch.stack(selected, dim=1)
-
-
-class LlmDecodeGraph(nn.Module):
-    """VQA branch with a fixed-capacity KV cache written in place (ScatterElements), prefill and decode alike.
+class LlmGraph(nn.Module):
+    """The Qwen2 LLM for both uses: prefill and decode over a fixed-capacity KV cache written in place
+    (ScatterElements), with the MCP's inputs as a third output.
 
     Inputs: ``inputs_embeds`` [1, T, D]; ``position_ids`` [1, T] (absolute positions, also the cache slots
     written); ``attention_mask`` [1, 1, T, C] additive (0 visible, −30000 hidden; the host builds it);
-    ``kv_cache`` [layers, 2, 1, kv_heads, C, head_dim]. Outputs: ``logits`` [1, V] of the last position
-    and ``kv_cache_out`` (same shape as ``kv_cache``). The LM head is split along the vocabulary into
-    ``lm_head_chunks`` MatMuls joined by a Concat, to fit Jetson's contiguous-allocation limit.
+    ``kv_cache`` [layers, 2, 1, kv_heads, C, head_dim]. Outputs: ``logits`` [1, V] of the last position,
+    ``kv_cache_out`` (same shape as ``kv_cache``) and ``mcp_inputs`` [1, 4, T, D]: the raw outputs of the
+    last layers but one plus the final-normed last layer, i.e. ``hidden_states[-4:]`` of the T positions.
+
+    Generation runs one prefill of the whole prompt (zero cache, C = T) and reads ``mcp_inputs``; question
+    answering runs the prefill and then one call per token and reads ``logits``. The LM head is split along
+    the vocabulary into ``lm_head_chunks`` MatMuls joined by a Concat, to fit Jetson's contiguous-allocation
+    limit.
     """
 
     def __init__(self, model: MobileO, lm_head_chunks: int = 1) -> None:
         super().__init__()
         self.inner = model.llm.model
+        self.num_out = int(model.config.mcp.num_layers)
         weight = model.llm.get_output_embeddings().weight
         bounds = [round(i * weight.shape[0] / lm_head_chunks) for i in range(lm_head_chunks + 1)]
         self.lm_head_bounds = list(itertools.pairwise(bounds))
@@ -111,10 +84,10 @@ class LlmDecodeGraph(nn.Module):
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         kv_cache: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cos, sin = self.inner.rotary_emb(inputs_embeds, position_ids)
         h = inputs_embeds
-        new_cache = []
+        new_cache, outs = [], []
         for i, layer in enumerate(self.inner.layers):
             residual = h
             attn_out, layer_cache = self._attention(
@@ -123,10 +96,13 @@ class LlmDecodeGraph(nn.Module):
             h = residual + attn_out
             h = h + layer.mlp(layer.post_attention_layernorm(h))
             new_cache.append(layer_cache)
+            outs.append(h)
+        final = self.inner.norm(h)
+        mcp_inputs = torch.stack([*outs[-self.num_out : -1], final], dim=1)
         # A Slice (not a Gather at index -1, undefined in TensorRT on a dynamic axis) takes the last position.
-        last = self.inner.norm(h[:, -1:, :]).squeeze(1)
+        last = final[:, -1:, :].squeeze(1)
         logits = torch.cat([last @ self.lm_head_weight[a:b].t() for a, b in self.lm_head_bounds], dim=-1)
-        return logits, torch.stack(new_cache, dim=0)
+        return logits, torch.stack(new_cache, dim=0), mcp_inputs
 
 
 class McpGraph(nn.Module):

@@ -1,8 +1,10 @@
-"""``mobile-o export``: the five parts (six graphs) as standard-op ONNX, plus the host tables and a manifest.
+"""``mobile-o export``: the five parts (five graphs) as standard-op ONNX, plus the host tables and a manifest.
 
 Exporter pinned: TorchScript path (``dynamo=False``), opset 17, constant folding; only default-domain ops
 (no ONNX Runtime contrib ops), so TensorRT 10.3's parser takes every graph. Weights over 2 GB go to one
-external-data file per graph.
+external-data file per graph. Each graph carries ONNX shape inference's value types (so tools that need
+tensor types read them without running inference on the device), and the manifest records each graph's
+weight bytes from its initializers: the memory budget per engine.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from mobile_o_ros.export import graphs
 from mobile_o_ros.reference.checkpoint import LoadedCheckpoint, checkpoint_sha256
 
 OPSET = 17
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 #: Above this many bytes of weights a graph is saved with external data (protobuf's limit is 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: Default KV capacity the decode graph is exercised with; the axis is dynamic.
@@ -48,7 +50,7 @@ class GraphSpec:
 
 
 def graph_specs(model, lm_head_chunks: int, names: list[str] | None = None) -> list[GraphSpec]:
-    """The six graphs of Mobile-O with small example inputs (shapes only matter for tracing).
+    """The five graphs of Mobile-O with small example inputs (shapes only matter for tracing).
 
     ``model`` needs only the parts the requested ``names`` use (a MobileO, or a namespace of parts).
     """
@@ -69,29 +71,23 @@ def graph_specs(model, lm_head_chunks: int, names: list[str] | None = None) -> l
             ["image_embeds"],
             {"images": {0: "batch"}, "image_embeds": {0: "batch"}},
         ),
-        "llm_hidden": lambda: GraphSpec(
-            "llm_hidden",
-            graphs.LlmHiddenGraph(model),
-            {"inputs_embeds": torch.randn(1, 16, d)},
-            ["mcp_inputs"],
-            {"inputs_embeds": {1: "seq"}, "mcp_inputs": {2: "seq"}},
-        ),
-        "llm_decode": lambda: GraphSpec(
-            "llm_decode",
-            graphs.LlmDecodeGraph(model, lm_head_chunks),
+        "llm": lambda: GraphSpec(
+            "llm",
+            graphs.LlmGraph(model, lm_head_chunks),
             {
                 "inputs_embeds": torch.randn(1, t, d),
                 "position_ids": torch.arange(t)[None],
                 "attention_mask": mask,
                 "kv_cache": torch.zeros(n_layers, 2, 1, kv_heads, cap, head_dim),
             },
-            ["logits", "kv_cache_out"],
+            ["logits", "kv_cache_out", "mcp_inputs"],
             {
                 "inputs_embeds": {1: "seq"},
                 "position_ids": {1: "seq"},
                 "attention_mask": {2: "seq", 3: "cache_len"},
                 "kv_cache": {4: "cache_len"},
                 "kv_cache_out": {4: "cache_len"},
+                "mcp_inputs": {2: "seq"},
             },
         ),
         "mcp": lambda: GraphSpec(
@@ -145,6 +141,27 @@ def _param_bytes(module: nn.Module) -> int:
             seen.add(id(p))
             total += p.numel() * p.element_size()
     return total
+
+
+def onnx_weight_bytes(model_proto: onnx.ModelProto) -> dict[str, int]:
+    """Bytes of a graph's weights (initializers and Constant tensors), as stored and with fp32 as fp16.
+
+    Read from the tensors' shapes and types, so a graph loaded without its external data counts the same.
+    """
+    stored = half = 0
+    tensors = list(model_proto.graph.initializer) + [
+        a.t
+        for n in model_proto.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    ]
+    for t in tensors:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        count = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        stored += count * itemsize
+        half += count * (2 if t.data_type == onnx.TensorProto.FLOAT else itemsize)
+    return {"weights_bytes": stored, "weights_bytes_fp16": half}
 
 
 def _io_description(model_proto: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
@@ -260,6 +277,7 @@ def export_graph(spec: GraphSpec, out_dir: Path, opset: int = OPSET) -> dict[str
                 size_threshold=1024,
             )
     _annotate_output_shapes(path, spec)
+    onnx.shape_inference.infer_shapes_path(str(path))  # value types into the file, external data untouched
     onnx.checker.check_model(str(path))
     proto = onnx.load(str(path), load_external_data=False)
     inputs, outputs = _io_description(proto)
@@ -272,8 +290,25 @@ def export_graph(spec: GraphSpec, out_dir: Path, opset: int = OPSET) -> dict[str
         "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in spec.dynamic_axes.items()},
         "op_types": _check_standard_ops(proto, spec.name),
         "num_nodes": len(proto.graph.node),
-        "weights_bytes": _param_bytes(spec.module),
+        **onnx_weight_bytes(proto),
         "export_seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def memory_budget(graphs_meta: dict[str, Any], embed_table_bytes: int) -> dict[str, Any]:
+    """Weight bytes per engine (fp32 as exported, and at fp16) and their sums, plus the host embedding table.
+
+    The engines' activation memory is not in it: ``mobile-o build-engines`` adds TensorRT's figure per engine.
+    """
+    per_graph = {
+        name: {"weights_bytes": g["weights_bytes"], "weights_bytes_fp16": g["weights_bytes_fp16"]}
+        for name, g in graphs_meta.items()
+    }
+    return {
+        "graphs": per_graph,
+        "total_weights_bytes": sum(g["weights_bytes"] for g in per_graph.values()),
+        "total_weights_bytes_fp16": sum(g["weights_bytes_fp16"] for g in per_graph.values()),
+        "embed_table_bytes": int(embed_table_bytes),
     }
 
 
@@ -321,7 +356,8 @@ def export_model(
     for spec in graph_specs(model, chunks, names=only):
         graphs_meta[spec.name] = export_graph(spec, out_dir, opset)
 
-    table = model.llm.get_input_embeddings().weight.detach().float().numpy()
+    # fp16 on disk (half the host memory); the runtime upcasts the rows it looks up.
+    table = model.llm.get_input_embeddings().weight.detach().to(torch.float16).numpy()
     np.save(out_dir / "embed_tokens.npy", table)
     _write_tokenizer(loaded.path, out_dir)
 
@@ -381,6 +417,7 @@ def export_model(
             "temperature": cfg.defaults.temperature,
         },
         "graphs": graphs_meta,
+        "memory_budget": memory_budget(graphs_meta, table.nbytes),
     }
     files = sorted(
         {f for g in graphs_meta.values() for f in g["files"]} | {"embed_tokens.npy", "tokenizer.json"}

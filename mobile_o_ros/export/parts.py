@@ -19,8 +19,7 @@ from mobile_o_ros.reference.vision import build_vision_tower
 #: Which parts each exported graph uses.
 PARTS_OF_GRAPH = {
     "vision": ("vision", "mm_projector"),
-    "llm_hidden": ("llm", "mcp"),
-    "llm_decode": ("llm", "mcp"),
+    "llm": ("llm",),
     "mcp": ("mcp",),
     "dit": ("dit",),
     "vae_decoder": ("vae",),

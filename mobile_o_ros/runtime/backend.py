@@ -29,6 +29,39 @@ def check_feeds(graph: str, spec: list[dict[str, Any]], feeds: dict[str, np.ndar
             )
 
 
+class KVCache:
+    """Calls of a graph with ``kv_cache`` in and ``kv_cache_out`` out over one cache that the backend keeps.
+
+    Each :meth:`run` feeds the cache the previous call wrote (zeros at first) and returns only the
+    outputs asked for. This form keeps the cache as a host array and passes it through
+    :meth:`Backend.run`; a device backend keeps it on the device instead.
+    """
+
+    def __init__(self, backend: Backend, graph: str, shape: tuple[int, ...]) -> None:
+        self.backend, self.graph, self.shape = backend, graph, tuple(int(d) for d in shape)
+        self.cache: np.ndarray | None = np.zeros(self.shape, np.float32)
+
+    def run(
+        self, feeds: dict[str, np.ndarray], outputs: tuple[str, ...] = ("logits",)
+    ) -> dict[str, np.ndarray]:
+        """Run the graph on ``feeds`` (every input but ``kv_cache``); keep ``kv_cache_out`` for the next."""
+        if self.cache is None:
+            raise BackendError(f"the KV cache of graph {self.graph!r} is closed")
+        out = self.backend.run(self.graph, {**feeds, "kv_cache": self.cache})
+        self.cache = out["kv_cache_out"]
+        return {name: out[name] for name in outputs}
+
+    def close(self) -> None:
+        """Drop the cache."""
+        self.cache = None
+
+    def __enter__(self) -> KVCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Backend(ABC):
     """Runs the exported graphs. One instance is owned and called by one worker thread."""
 
@@ -37,6 +70,10 @@ class Backend(ABC):
     @abstractmethod
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run ``graph`` on ``feeds`` (name → array); return its outputs by name."""
+
+    def kv_cache(self, graph: str, shape: tuple[int, ...]) -> KVCache:
+        """A zeroed KV cache of ``shape`` [layers, 2, 1, kv_heads, capacity, head_dim] for ``graph``."""
+        return KVCache(self, graph, shape)
 
     def describe(self) -> dict[str, Any]:
         """What the backend is running on, for logs and diagnostics."""

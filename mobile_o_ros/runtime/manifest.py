@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-SUPPORTED_VERSIONS = (1,)
-REQUIRED_GRAPHS = ("vision", "llm_hidden", "llm_decode", "mcp", "dit", "vae_decoder")
+SUPPORTED_VERSIONS = (2,)
+REQUIRED_GRAPHS = ("vision", "llm", "mcp", "dit", "vae_decoder")
 
 
 class ManifestError(RuntimeError):
@@ -35,7 +35,8 @@ def load_manifest(export_dir: str | Path, verify_hashes: bool = False) -> dict[s
         raise ManifestError(f"corrupt manifest.json in {export_dir}: {err}") from err
     if manifest.get("version") not in SUPPORTED_VERSIONS:
         raise ManifestError(
-            f"manifest version {manifest.get('version')} is not supported ({SUPPORTED_VERSIONS})"
+            f"manifest version {manifest.get('version')} in {export_dir} is not supported (supported: "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}); re-export the checkpoint with `mobile-o export`"
         )
     missing_graphs = [g for g in REQUIRED_GRAPHS if g not in manifest.get("graphs", {})]
     if missing_graphs:
@@ -48,3 +49,12 @@ def load_manifest(export_dir: str | Path, verify_hashes: bool = False) -> dict[s
         if bad:
             raise ManifestError(f"files changed since export (sha256 mismatch): {', '.join(bad)}")
     return manifest
+
+
+def is_current(export_dir: str | Path) -> bool:
+    """Whether ``export_dir`` holds a complete export this runtime reads (for caches of exports)."""
+    try:
+        load_manifest(export_dir)
+    except ManifestError:
+        return False
+    return True

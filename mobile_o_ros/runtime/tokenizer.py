@@ -177,10 +177,13 @@ def splice_image_embeddings(
 ) -> np.ndarray:
     """Look up token rows and put the image embeddings where the -200 placeholder is -> [L - 1 + N, D].
 
+    The result is at least fp32: rows of an fp16 table are upcast, image embeddings are never rounded.
+
     Raises ``ValueError`` for a placeholder without an image, an image without a placeholder, more than one
     placeholder, or token ids outside the table.
     """
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    dtype = np.promote_types(embed_table.dtype, np.float32)
     positions = np.flatnonzero(ids == IMAGE_TOKEN_INDEX)
     text = np.delete(ids, positions)
     if text.size and (text.min() < 0 or text.max() >= embed_table.shape[0]):
@@ -188,7 +191,7 @@ def splice_image_embeddings(
     if image_embeds is None:
         if positions.size:
             raise ValueError("prompt has an image placeholder (-200) but no image embeddings were given")
-        return embed_table[ids]
+        return embed_table[ids].astype(dtype)
     image_embeds = np.asarray(image_embeds)
     if image_embeds.ndim == 3 and image_embeds.shape[0] == 1:
         image_embeds = image_embeds[0]
@@ -200,7 +203,11 @@ def splice_image_embeddings(
         )
     p = int(positions[0])
     return np.concatenate(
-        [embed_table[ids[:p]], image_embeds.astype(embed_table.dtype, copy=False), embed_table[ids[p + 1 :]]]
+        [
+            embed_table[ids[:p]].astype(dtype),
+            image_embeds.astype(dtype),
+            embed_table[ids[p + 1 :]].astype(dtype),
+        ]
     )
 
 

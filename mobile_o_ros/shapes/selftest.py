@@ -175,11 +175,12 @@ def cached_export(model_dir: Path, progress: Progress | None = None) -> Path:
     import json
 
     from mobile_o_ros.reference.checkpoint import checkpoint_sha256
+    from mobile_o_ros.runtime.manifest import is_current
 
     sha = checkpoint_sha256(model_dir)
     out = cache_root() / f"export-{model_dir.name}-{sha[:16]}"
     manifest = out / "manifest.json"
-    if manifest.is_file():
+    if manifest.is_file() and is_current(out):
         try:
             if json.loads(manifest.read_text())["source_checkpoint"]["sha256"] == sha:
                 return out

@@ -216,7 +216,7 @@ def build_engines(
     selected = graphs or list(manifest["graphs"])
     engine_dir = Path(engine_dir) if engine_dir else cache.default_engine_dir(manifest["model"].get("name"))
     env = env or cache.detect_environment()
-    if "llm_decode" in selected:
+    if "llm" in selected:
         check_lm_head(manifest, precision, t.name, log)
     keys = expected_keys(export_dir, manifest, precision, t.name, env, selected)
     recorded = cache.load_engine_manifest(engine_dir)

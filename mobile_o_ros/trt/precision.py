@@ -12,7 +12,7 @@ Rules (facts §11/§13, trt-export §4.3-4.5/§4.16), first match wins:
   ones, both MatMuls, the Add of 1e-15 and the Div, the Clip); activations reach 1e5-1e6 and 1e-15 is 0 in
   fp16. The q/k/v/out projections (child scopes) stay fp16, as in diffusers.
 * ``sana_time_embedding`` (dit): the sinusoid under ``/time_embed/emb/time_proj/`` (arguments to ~1000 rad).
-* ``rotary_embedding`` (llm_hidden, llm_decode): ``/rotary_emb/`` (theta 1e6, positions up to 2048).
+* ``rotary_embedding`` (llm): ``/rotary_emb/`` (theta 1e6, positions up to 2048).
 * ``dcae_linear_attention`` (vae_decoder): nodes directly in the DC-AE ``/attn/`` scope (+ its ReLUs).
 * ``norm_reduction`` (all): ReduceMean, Pow, Sqrt, Reciprocal, Softmax, LayerNormalization.
 * ``norm_scope`` (all): the rest of every ``*norm*`` scope (RMSNorm's eps Add, Div, Casts, scale Mul).
@@ -34,7 +34,7 @@ PRECISIONS = ("fp16", "bf16", "fp32")
 #: Bump when the rules change: part of the engine cache key.
 POLICY_VERSION = 1
 FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16"})
-_LLM = ("llm_hidden", "llm_decode")
+_LLM = ("llm",)
 
 
 @dataclass(frozen=True)

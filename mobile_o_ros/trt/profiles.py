@@ -7,9 +7,10 @@ the profiles follow the exported graphs rather than hard-coding tensor ranks.
 Per graph (``P`` = the target's longest prompt, ``C`` = its KV capacity):
 
 * ``vision``: batch 1 (one image per request).
-* ``llm_hidden``: seq 1..P, opt 128 (text-to-image prompts are ~30-110 tokens, edits ~290-360).
-* ``llm_decode``: two profiles, two execution contexts: prefill (seq 2..P, cache 2..C, opt 320/640) and
-  decode (seq 1, cache 1..C). The runtime sizes the cache as prompt + answer rounded up to 64.
+* ``llm``: two profiles, two execution contexts: prefill (seq 2..P, cache 2..C, opt 320/640) and
+  decode (seq 1, cache 1..C). Question answering sizes the cache as prompt + answer rounded up to 64;
+  the generation prefill uses a cache of the prompt's length (text-to-image prompts are ~30-110 tokens,
+  edits ~290-360).
 * ``mcp``: batch 1..2 (CFG runs [uncond, cond] as one batch), seq 1..P. The MCP runs at the *true* length:
   it is not padding-invariant (a global mean over tokens and zero-padded conv ends).
 * ``dit``: batch 1..2, text_len from the smallest to the largest bucket. The backend pads the conditioning
@@ -93,8 +94,7 @@ def profiles_for(graph: str, target: str | Target) -> list[AxisProfile]:
     p, c, b = t.max_prompt, t.kv_capacity, t.dit_buckets
     table: dict[str, list[AxisProfile]] = {
         "vision": [{"batch": (1, 1, 1)}],
-        "llm_hidden": [{"seq": _rng(1, 128, p)}],
-        "llm_decode": [
+        "llm": [
             {"seq": _rng(2, 320, p), "cache_len": _rng(2, 640, c)},
             {"seq": (1, 1, 1), "cache_len": _rng(1, 640, c)},
         ],
