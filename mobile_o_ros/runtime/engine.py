@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mobile_o_ros import prompts, validation
+from mobile_o_ros import prompts, validation, vocabulary
 from mobile_o_ros.runtime.backend import Backend
 from mobile_o_ros.runtime.manifest import load_manifest
 from mobile_o_ros.runtime.preprocess import preprocess_image
@@ -98,6 +98,7 @@ class MobileORuntime:
         self.image_size = int(manifest["image"]["size"])
         self.defaults = manifest["defaults"]
         self.scheduler = FlowDPMSolverScheduler(manifest["scheduler"])
+        self.vocabulary = vocabulary.load(self.export_dir)
 
     @classmethod
     def load(
@@ -317,6 +318,10 @@ class MobileORuntime:
                 positions = np.array([positions[-1] + 1], dtype=np.int64)
         answer = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return AskResult(answer, len(ids), used_seed, ids, cancelled, prompt_tokens=len(embeds))
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` the model never saw in training ([] when the export ships no vocabulary)."""
+        return [] if self.vocabulary is None else self.vocabulary.unknown(text)
 
     def info(self) -> dict[str, Any]:
         """Model and backend description for diagnostics."""

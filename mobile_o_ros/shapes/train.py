@@ -1567,10 +1567,14 @@ def shapes_model(out_dir: Path, seed: int) -> tuple[MobileO, PromptTokens]:
 
 
 def save_shapes_checkpoint(model: MobileO, out_dir: Path) -> Path:
-    """Fold the vision tower (inference form, as released) and write config.json + model.safetensors."""
+    """Fold the vision tower (inference form, as released) and write config.json + model.safetensors (and
+    the world's vocabulary.json)."""
+    from mobile_o_ros.shapes.vocabulary import write_vocabulary
+
     reparameterize(model.vision)
     model.eval()
     save_checkpoint(model, out_dir)
+    write_vocabulary(out_dir)
     gen_cfg = {"eos_token_id": model.config.llm["eos_token_id"], "do_sample": False}
     (out_dir / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2) + "\n")
     return out_dir
