@@ -107,6 +107,17 @@ def _check_model(path: str) -> Path:
     return p
 
 
+def _unknown_words(model_dir: Path, text: str) -> list[str]:
+    """Warn on stderr (one line) about the words of ``text`` the model never saw; return them."""
+    from mobile_o_ros import vocabulary
+
+    vocab = vocabulary.load(model_dir)
+    unknown = [] if vocab is None else vocab.unknown(text)
+    if unknown:
+        print(f"mobile-o: warning: {vocab.warning(unknown)}", file=sys.stderr)
+    return unknown
+
+
 def _seed(seed: int | None) -> int:
     import random
 
@@ -170,11 +181,12 @@ def _image_task(args: argparse.Namespace, text: str, source=None) -> int:
     _validate_gen_args(args)
     model_dir = _check_model(args.model)
     seed = _seed(args.seed)
+    backend = _backend(args, model_dir)
+    unknown = _unknown_words(model_dir, text)
     options = {"steps": args.steps, "guidance_scale": args.guidance, "seed": seed}
     callback, close = _progress(args.steps, not args.json)
     t0 = time.perf_counter()
     try:
-        backend = _backend(args, model_dir)
         if backend != "torch":
             runtime = _runtime(model_dir, backend)
             result = (
@@ -194,7 +206,7 @@ def _image_task(args: argparse.Namespace, text: str, source=None) -> int:
         close()
     _write_image(args.output, image)
     latency = (time.perf_counter() - t0) * 1000
-    report = {"output": args.output, **options, "latency_ms": round(latency, 1)}
+    report = {"output": args.output, **options, "latency_ms": round(latency, 1), "unknown_words": unknown}
     _emit(report, args.json, f"wrote {args.output} (seed {seed}, {latency:.0f} ms)")
     return 0
 
@@ -217,8 +229,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     image = _read_image(args.image)
     model_dir = _check_model(args.model)
     seed = _seed(args.seed)
-    t0 = time.perf_counter()
     backend = _backend(args, model_dir)
+    unknown = _unknown_words(model_dir, question)
+    t0 = time.perf_counter()
     if backend != "torch":
         res = _runtime(model_dir, backend).ask(
             image,
@@ -243,7 +256,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         )
         text, n = ans.text, len(ans.token_ids)
     latency = (time.perf_counter() - t0) * 1000
-    _emit({"answer": text, "num_tokens": n, "seed": seed, "latency_ms": round(latency, 1)}, args.json, text)
+    result = {"answer": text, "num_tokens": n, "seed": seed, "latency_ms": round(latency, 1)}
+    _emit({**result, "unknown_words": unknown}, args.json, text)
     return 0
 
 

@@ -201,3 +201,64 @@ def test_backend_load_errors_are_one_line(
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mobile-o: error:") and message in err[0], err
+
+
+@pytest.fixture(scope="module")
+def vocab_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny export (linked files) shipping the shapes world's vocabulary."""
+    from mobile_o_ros.shapes.vocabulary import write_vocabulary
+
+    out = tmp_path_factory.mktemp("vocab_export")
+    for f in tiny_export.iterdir():
+        (out / f.name).symlink_to(f)
+    write_vocabulary(out)
+    return out
+
+
+def test_words_the_model_never_saw_are_named_and_it_still_runs(
+    vocab_export: Path, image_file: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "dog.png"
+    argv = [
+        "generate",
+        str(vocab_export),
+        "a photo of a dog on a beach",
+        "--steps",
+        "1",
+        "-o",
+        str(out),
+        "--json",
+    ]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(
+        "mobile-o: warning: the model never saw: photo, of, dog, beach; it knows: shapes "
+    )
+    assert json.loads(captured.out)["unknown_words"] == ["photo", "of", "dog", "beach"]
+    assert cv2.imread(str(out)).shape[:2] == (512, 512)
+
+    caption = "a small red circle on the left and a large blue square at the top, on a white background"
+    assert main(["generate", str(vocab_export), caption, "--steps", "1", "-o", str(out)]) == 0
+    argv = ["edit", str(vocab_export), "--image", str(image_file), "make the circle green", "--steps", "1"]
+    assert main([*argv, "-o", str(out)]) == 0
+    argv = ["ask", str(vocab_export), "--image", str(image_file), "what colour is the circle?"]
+    assert main([*argv, "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().err == ""  # the world's own phrasing: no warning
+
+
+def test_the_embedded_model_warns_about_a_dog(image_file: Path, capsys) -> None:
+    from mobile_o_ros.shapes import embedded_model_dir
+
+    model = embedded_model_dir()
+    if not (model / "model.safetensors").is_file():
+        pytest.skip("the embedded model is not trained in this tree")
+    argv = ["ask", str(model), "--image", str(image_file), "is there a dog on the beach?", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "mobile-o: warning: the model never saw: dog, beach; it knows:"
+    )
+    assert json.loads(captured.out)["answer"] in ("yes", "no", "Yes", "No")
