@@ -98,6 +98,8 @@ class Prepared:
     run: Callable[[Callable[[], bool]], Any]
     header: Any = None
     camera: str = ""
+    #: Appended to a successful response's message (words of the request the model never saw).
+    note: str = ""
 
 
 class MobileONode(LifecycleNode):
@@ -464,6 +466,14 @@ class MobileONode(LifecycleNode):
         n = validation.check_steps(int(steps) or int(self._cfg.default_steps), int(self._cfg.max_steps))
         return n, validation.check_guidance(g)
 
+    def _unknown_note(self, what: str, model: Any, text: str) -> str:
+        """Log a warning naming the words of ``text`` the model never saw; the note for the response."""
+        unknown = model.unknown_words(text)
+        if not unknown:
+            return ""
+        self.get_logger().warning(f"{TAG} {what}: {model.vocabulary.warning(unknown)}")
+        return f"; the model never saw: {', '.join(unknown)}"
+
     def _prepare_ask(self, req: Any, on_token: Callable[[str, int], None] | None) -> Prepared:
         model = self._check_active()
         question = validation.check_text(req.question, "question")
@@ -483,7 +493,7 @@ class MobileONode(LifecycleNode):
                 should_cancel=should_cancel,
             )
 
-        return Prepared("ask", run, header, cam)
+        return Prepared("ask", run, header, cam, note=self._unknown_note("ask", model, question))
 
     def _prepare_generate(self, req: Any, on_step: Callable[[int, int], None] | None) -> Prepared:
         model = self._check_active()
@@ -502,7 +512,7 @@ class MobileONode(LifecycleNode):
             )
 
         header = self._stamp_header()
-        return Prepared("generate", run, header)
+        return Prepared("generate", run, header, note=self._unknown_note("generate", model, prompt))
 
     def _prepare_edit(self, req: Any, on_step: Callable[[int, int], None] | None) -> Prepared:
         model = self._check_active()
@@ -522,7 +532,7 @@ class MobileONode(LifecycleNode):
                 should_cancel=should_cancel,
             )
 
-        return Prepared("edit", run, header, cam)
+        return Prepared("edit", run, header, cam, note=self._unknown_note("edit", model, instruction))
 
     def _stamp_header(self) -> Any:
         from std_msgs.msg import Header
@@ -600,7 +610,7 @@ class MobileONode(LifecycleNode):
         else:
             resp.success, resp.message = (
                 True,
-                f"answered in {resp.latency_ms:.0f} ms ({out.num_tokens} tokens)",
+                f"answered in {resp.latency_ms:.0f} ms ({out.num_tokens} tokens){prepared.note}",
             )
         return resp
 
@@ -647,6 +657,7 @@ class MobileONode(LifecycleNode):
         resp.success = True
         resp.message = (
             f"{prepared.kind} done in {resp.latency_ms:.0f} ms ({out.steps} steps, seed {out.seed})"
+            f"{prepared.note}"
         )
         return resp
 
@@ -827,6 +838,11 @@ class MobileONode(LifecycleNode):
         except InvalidRequest as err:
             self.get_logger().warning(f"{TAG} continuous question skipped: {err}", throttle_duration_sec=5.0)
             return
+        unknown = model.unknown_words(question)
+        if unknown:
+            self.get_logger().warning(
+                f"{TAG} continuous question: {model.vocabulary.warning(unknown)}", throttle_duration_sec=60.0
+            )
         n_new = int(self._cfg.max_new_tokens)
         t0 = time.monotonic()
         try:
