@@ -100,7 +100,7 @@ class LlmGraph(nn.Module):
         final = self.inner.norm(h)
         mcp_inputs = torch.stack([*outs[-self.num_out : -1], final], dim=1)
         # A Slice (not a Gather at index -1, undefined in TensorRT on a dynamic axis) takes the last position.
-        last = final[:, -1:, :].squeeze(1)
+        last = final[:, -1:, :].flatten(1)  # Flatten: a squeeze of a dynamic axis exports as an If
         logits = torch.cat([last @ self.lm_head_weight[a:b].t() for a, b in self.lm_head_bounds], dim=-1)
         return logits, torch.stack(new_cache, dim=0), mcp_inputs
 
