@@ -29,6 +29,7 @@ from torch import nn
 from mobile_o_ros import prompts
 from mobile_o_ros.export import graphs
 from mobile_o_ros.reference.checkpoint import LoadedCheckpoint, checkpoint_sha256
+from mobile_o_ros.reference.pipelines import answer_stop_id
 
 OPSET = 17
 MANIFEST_VERSION = 2
@@ -332,7 +333,7 @@ def _special_ids(tokenizer) -> dict[str, int | None]:
         "image": prompts.IMAGE_PLACEHOLDER,
     }
     ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in names.items()}
-    ids["eos"] = ids["im_end"]
+    ids["eos"] = answer_stop_id(tokenizer)
     ids["image_token_index"] = prompts.IMAGE_TOKEN_INDEX
     return ids
 

@@ -37,6 +37,15 @@ def tokenizer_image_token(prompt: str, tokenizer) -> list[int]:
     return ids
 
 
+def answer_stop_id(tokenizer) -> int:
+    """The token id an answer stops at: the tokenizer's ``eos_token_id`` (``tokenizer_config.json``'s
+    ``eos_token``), or the id of ``<|im_end|>`` when the tokenizer names no eos token."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.convert_tokens_to_ids(prompts.IM_END)
+    return int(eos)
+
+
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:
     """VAE output [B, 3, H, W] in about [−1, 1] → uint8 [B, H, W, 3] (x/2 + 0.5, clamp, ×255, round)."""
     x = (images.float() / 2 + 0.5).clamp(0, 1)
@@ -175,10 +184,11 @@ class ReferencePipeline:
         top_k: int = 0,
         seed: int = 0,
     ) -> Answer:
-        """Visual question answering with HF ``generate`` on inputs_embeds; stops at ``<|im_end|>``."""
+        """Visual question answering with HF ``generate`` on inputs_embeds; stops at the tokenizer's eos token
+        (:func:`answer_stop_id`)."""
         prompt = prompts.vqa_prompt(question) if image is not None else prompts.chat_prompt(question)
         embeds = self.prompt_embeddings(prompt, image)
-        eos = self.tokenizer.convert_tokens_to_ids(prompts.IM_END)
+        eos = answer_stop_id(self.tokenizer)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         sample = temperature > 0
         torch.manual_seed(int(seed))
