@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +264,10 @@ def _start_server(export_dir: Path, workdir: Path, env: dict[str, str]) -> subpr
 
 
 def _stamp(header: Any) -> str:
-    return f"{header.stamp.sec}.{header.stamp.nanosec:09d}"
+    """A header stamp as ISO 8601 UTC with milliseconds: ``2025-01-31T12:00:00.123Z``."""
+    t = datetime.fromtimestamp(header.stamp.sec, tz=timezone.utc)
+    t += timedelta(microseconds=header.stamp.nanosec // 1000)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _save(path: Path, rgb: np.ndarray) -> str:
@@ -311,7 +315,7 @@ def _html(summary: dict[str, Any], records: dict[str, list[dict[str, Any]]]) -> 
     ]
     kpi = "".join(f"<div><b>{e(v)}</b>{e(label)}</div>" for v, label in kpis)
     head = "".join(
-        f"<th>{h}</th>" for h in ("frame", "question", "answer", "expected", "frame stamp", "latency")
+        f"<th>{h}</th>" for h in ("frame", "question", "answer", "expected", "frame stamp (UTC)", "latency")
     )
     return (
         '<!doctype html><html><head><meta charset="utf-8"><title>mobile_o_ros demo</title>'
@@ -333,9 +337,11 @@ h1{margin-bottom:.2rem} .sub{color:#5a6275;margin-top:0}
 table{border-collapse:collapse;width:100%;background:#fff;border-radius:8px;overflow:hidden}
 td,th{padding:.5rem .7rem;word-break:break-word;max-width:320px;text-align:left}
 td,th{border-bottom:1px solid #e6e8ef}
-th{background:#eef0f6} img.thumb{width:120px;border-radius:4px} .grid{display:flex;flex-wrap:wrap;gap:1rem}
+th{background:#eef0f6} .grid{display:flex;flex-wrap:wrap;gap:1rem}
+img.thumb,figure img{box-sizing:border-box;border:1px solid #aab2c3;border-radius:4px;background:#fff}
+img.thumb{width:120px}
 figure{margin:0;background:#fff;border-radius:8px;padding:.6rem;width:240px;box-shadow:0 1px 3px #0001}
-figure img{width:240px;height:240px;object-fit:cover;border-radius:4px} .meta{color:#5a6275;font-size:.85rem}
+figure img{width:240px;height:240px;object-fit:cover} .meta{color:#5a6275;font-size:.85rem}
 .ok{color:#1a8a3a} .bad{color:#c0392b} .kpi{display:flex;gap:1rem;margin:1rem 0}
 .kpi div{background:#fff;padding:.7rem 1rem;border-radius:8px;box-shadow:0 1px 3px #0001}
 .kpi b{display:block;font-size:1.3rem}
