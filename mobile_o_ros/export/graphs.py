@@ -18,7 +18,8 @@ from mobile_o_ros.reference.model import MobileO
 
 #: Additive mask value for hidden positions: −inf after softmax in fp32, and representable in fp16.
 MASK_VALUE = -30000.0
-#: fp16's largest finite value; SANA's linear-attention output is clipped to it (trt-export.md §4.3).
+#: fp16's largest finite value; diffusers clips SANA's linear-attention output to it in fp16, and the graph
+#: clips always, so an engine built in fp16 never overflows there.
 FP16_MAX = 65504.0
 
 
