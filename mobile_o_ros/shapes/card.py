@@ -14,8 +14,8 @@ from typing import Any
 from mobile_o_ros.model_config import config_from_checkpoint_json
 from mobile_o_ros.shapes import selftest, world
 
-#: The small fixed sample the test suite re-runs (VQA per category, captions, edits per kind).
-SMALL_SAMPLE = {"vqa": 4, "generation": 5, "editing": 2}
+#: The small fixed sample the test suite re-runs (items per task: VQA questions, captions, edits).
+SMALL_SAMPLE = {"vqa": 20, "generation": 5, "editing": 6}
 
 
 def _machine_words(report: dict[str, Any]) -> str:

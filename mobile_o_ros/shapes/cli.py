@@ -61,11 +61,13 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     if args.limit is not None:
         if args.limit < 1:
             return _error("--limit must be at least 1")
-        limits = {"vqa": args.limit, "generation": args.limit, "editing": max(1, args.limit // 3)}
+        limits = {"vqa": args.limit, "generation": args.limit, "editing": args.limit}
     tasks = tuple(args.tasks.split(",")) if args.tasks else ("vqa", "generation", "editing")
     unknown = [t for t in tasks if t not in ("vqa", "generation", "editing")]
     if unknown:
         return _error(f"unknown task(s) {', '.join(unknown)} (vqa, generation, editing)")
+    for line in selftest.plan({**selftest.DEFAULT_LIMITS, **(limits or {})}, tasks):
+        print(f"selftest: {line}", file=sys.stderr, flush=True)
     progress = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     try:
         engine = selftest.load_engine(
@@ -110,7 +112,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--limit",
         type=int,
         default=None,
-        help="items: VQA questions per category and captions = N, edits per kind = N/3",
+        help="items per task: N VQA questions (shared over the 5 question categories), N captions, N edits "
+        "(shared over the 3 edit kinds); default 500 / 60 / 60, the model card's sample",
     )
     p.add_argument("--tasks", default=None, help="comma-separated subset of vqa,generation,editing")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 20)")

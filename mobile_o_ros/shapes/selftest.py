@@ -34,8 +34,8 @@ from mobile_o_ros.shapes.detector import score_edit, score_generation
 TARGETS = {"vqa": 0.90, "generation": 0.80, "editing": 0.70}
 #: Seed offsets inside the held-out range, one per task, so the three sets never share scenes.
 VQA_OFFSET, GEN_OFFSET, EDIT_OFFSET = 0, 100_000, 200_000
-#: Default items: VQA questions per category, generation captions, edits per kind.
-DEFAULT_LIMITS = {"vqa": 100, "generation": 60, "editing": 20}
+#: Default items per task: VQA questions (100 per category), generation captions, edits (20 per kind).
+DEFAULT_LIMITS = {"vqa": 500, "generation": 60, "editing": 60}
 #: Side of the camera-like renders the self-test shows the model (it resizes them to its own input size).
 RENDER_SIZE = 512
 
@@ -227,16 +227,22 @@ def load_engine(
 
 
 # ------------------------------------------------------------------------------------------- eval sets
-def vqa_items(per_category: int) -> list[tuple[world.Scene, world.Question]]:
-    """``per_category`` held-out (scene, question) pairs per category, one question per scene per category
-    drawn in turn over held-out scenes."""
+def split(count: int, groups: tuple[str, ...]) -> dict[str, int]:
+    """``count`` items shared over ``groups`` as evenly as possible (the first groups take the remainder)."""
+    return {g: count // len(groups) + (1 if i < count % len(groups) else 0) for i, g in enumerate(groups)}
+
+
+def vqa_items(count: int) -> list[tuple[world.Scene, world.Question]]:
+    """``count`` held-out (scene, question) pairs shared over the categories (:func:`split`), one question
+    per scene per category drawn in turn over held-out scenes."""
+    quota = split(count, world.QUESTION_CATEGORIES)
     items: dict[str, list[tuple[world.Scene, world.Question]]] = defaultdict(list)
     i = 0
-    while min((len(items[c]) for c in world.QUESTION_CATEGORIES), default=0) < per_category:
+    while any(len(items[c]) < n for c, n in quota.items()):
         seed = world.HELDOUT_SEED_BASE + VQA_OFFSET + i
         scene = world.make_scene(seed)
         for q in world.questions(scene, random.Random(f"vqa:{seed}")):
-            if len(items[q.category]) < per_category:
+            if len(items[q.category]) < quota[q.category]:
                 items[q.category].append((scene, q))
         i += 1
     return [it for c in world.QUESTION_CATEGORIES for it in items[c]]
@@ -247,12 +253,12 @@ def generation_items(count: int) -> list[world.Scene]:
     return world.make_scenes("heldout", count, start=GEN_OFFSET)
 
 
-def editing_items(per_kind: int) -> list[world.Edit]:
-    """``per_kind`` held-out edits of each kind (recolour, remove, move)."""
+def editing_items(count: int) -> list[world.Edit]:
+    """``count`` held-out edits shared over the kinds (recolour, remove, move; :func:`split`)."""
     out: list[world.Edit] = []
-    for kind in world.EDIT_KINDS:
+    for kind, quota in split(count, world.EDIT_KINDS).items():
         n, i = 0, 0
-        while n < per_kind:
+        while n < quota:
             seed = world.HELDOUT_SEED_BASE + EDIT_OFFSET + 1000 * world.EDIT_KINDS.index(kind) + i
             scene = world.make_scene(seed)
             i += 1
@@ -261,6 +267,28 @@ def editing_items(per_kind: int) -> list[world.Edit]:
             out.append(world.make_edit(scene, random.Random(f"edit:{seed}"), kind))
             n += 1
     return out
+
+
+def plan(limits: dict[str, int], tasks: tuple[str, ...]) -> list[str]:
+    """What :func:`run_selftest` runs for ``limits`` (items per task), one line per task."""
+    lines = []
+    if "vqa" in tasks:
+        shares = split(limits["vqa"], world.QUESTION_CATEGORIES)
+        lines.append(
+            f"VQA: {limits['vqa']} questions on held-out scenes ("
+            + ", ".join(f"{n} {c}" for c, n in shares.items())
+            + ")"
+        )
+    if "generation" in tasks:
+        lines.append(f"generation: {limits['generation']} captions of held-out scenes")
+    if "editing" in tasks:
+        shares = split(limits["editing"], world.EDIT_KINDS)
+        lines.append(
+            f"editing: {limits['editing']} held-out edits ("
+            + ", ".join(f"{n} {k}" for k, n in shares.items())
+            + ")"
+        )
+    return lines
 
 
 def noise(seed: int, latent_shape: tuple[int, ...]) -> np.ndarray:
@@ -273,12 +301,12 @@ def _rate(values: list[bool]) -> float:
     return round(float(np.mean(values)), 4) if values else float("nan")
 
 
-def run_vqa(engine: Engine, per_category: int, progress: Progress | None = None) -> dict[str, Any]:
-    """VQA exact-match accuracy, per category and overall (mean over all questions)."""
+def run_vqa(engine: Engine, count: int, progress: Progress | None = None) -> dict[str, Any]:
+    """VQA exact-match accuracy over ``count`` questions, per category and overall (mean over all)."""
     per: dict[str, list[bool]] = defaultdict(list)
     wrong: list[dict[str, str]] = []
     images: dict[int, np.ndarray] = {}
-    for scene, q in vqa_items(per_category):
+    for scene, q in vqa_items(count):
         image = images.setdefault(scene.seed, world.render(scene, RENDER_SIZE))
         got = engine.answer(image, q.question).strip().lower()
         per[q.category].append(got == q.answer)
@@ -286,7 +314,7 @@ def run_vqa(engine: Engine, per_category: int, progress: Progress | None = None)
             wrong.append(
                 {"question": q.question, "expected": q.answer, "got": got, "caption": world.caption(scene)}
             )
-    out: dict[str, Any] = {c: _rate(per[c]) for c in world.QUESTION_CATEGORIES}
+    out: dict[str, Any] = {c: _rate(per[c]) for c in world.QUESTION_CATEGORIES if per[c]}
     out["overall"] = _rate([v for c in per for v in per[c]])
     out["n"] = sum(len(v) for v in per.values())
     out["examples_wrong"] = wrong
@@ -321,13 +349,13 @@ def run_generation(
 
 
 def run_editing(
-    engine: Engine, per_kind: int, progress: Progress | None = None, save_dir: Path | None = None
+    engine: Engine, count: int, progress: Progress | None = None, save_dir: Path | None = None
 ) -> dict[str, Any]:
-    """Editing accuracy (change made and the rest kept), per kind and overall."""
+    """Editing accuracy over ``count`` edits (change made and the rest kept), per kind and overall."""
     per: dict[str, list[bool]] = defaultdict(list)
     changed: list[bool] = []
     kept: list[bool] = []
-    for k, e in enumerate(editing_items(per_kind)):
+    for k, e in enumerate(editing_items(count)):
         source = world.render(e.source, RENDER_SIZE)
         latents = noise(world.HELDOUT_SEED_BASE + EDIT_OFFSET + k, engine.latent_shape)
         image = engine.edit(source, e.instruction, latents)
@@ -335,12 +363,12 @@ def run_editing(
         per[e.kind].append(s.correct)
         changed.append(s.changed)
         kept.append(s.kept)
-        if save_dir is not None and k % per_kind < 4:
+        if save_dir is not None and len(per[e.kind]) <= 4:
             _save(
                 save_dir / f"edit_{k:02d}_{e.kind}_{'ok' if s.correct else 'bad'}.png",
                 np.concatenate([world.render(e.source, image.shape[0]), image], axis=1),
             )
-    out: dict[str, Any] = {kind: _rate(per[kind]) for kind in world.EDIT_KINDS}
+    out: dict[str, Any] = {kind: _rate(per[kind]) for kind in world.EDIT_KINDS if per[kind]}
     out["overall"] = _rate([v for vs in per.values() for v in vs])
     out["changed"] = _rate(changed)
     out["kept"] = _rate(kept)
@@ -364,7 +392,8 @@ def run_selftest(
     progress: Progress | None = None,
     save_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the chosen tasks; returns per-task results, overall scores and whether each meets its target."""
+    """Run the chosen tasks on ``limits`` items each (default :data:`DEFAULT_LIMITS`); returns per-task
+    results, overall scores and whether each meets its target."""
     limits = {**DEFAULT_LIMITS, **(limits or {})}
     result: dict[str, Any] = {
         "backend": engine.name,
