@@ -939,7 +939,7 @@ def test_selftest_small_sample_matches_model_card(small_selftest: dict) -> None:
     recorded = _card_scores(embedded_model_dir())["small_sample"]["torch"]
     for task, value in small_selftest["scores"].items():
         assert value >= recorded[task] - 1e-9, (task, value, recorded[task])
-    assert small_selftest["vqa"]["n"] == 5 * small_selftest["limits"]["vqa"]
+    assert small_selftest["vqa"]["n"] == small_selftest["limits"]["vqa"]
 
 
 def test_selftest_samples_with_the_models_own_defaults(small_selftest: dict) -> None:
