@@ -82,3 +82,21 @@ def test_the_runtime_names_unknown_words(vocab_export: Path, tiny_export: Path) 
     assert runtime.unknown_words("a photo of a dog on a beach") == ["photo", "of", "dog", "beach"]
     assert runtime.unknown_words("make the red circle green") == []
     assert MobileORuntime.load(tiny_export).unknown_words("a dog") == []  # no vocabulary shipped
+
+
+def test_mobile_o_export_ships_the_checkpoints_vocabulary(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from mobile_o_ros.export.onnx_export import export_model
+    from mobile_o_ros.reference.checkpoint import load_checkpoint
+    from mobile_o_ros.runtime.manifest import _sha256
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    for f in tiny_checkpoint.iterdir():
+        (checkpoint / f.name).symlink_to(f)
+    write_vocabulary(checkpoint)
+    out = tmp_path / "export"
+    manifest = export_model(load_checkpoint(checkpoint), out, only=["vision"])
+    assert manifest["vocabulary"] == vocabulary.FILE_NAME
+    assert manifest["files"][vocabulary.FILE_NAME] == _sha256(out / vocabulary.FILE_NAME)
+    assert json.loads((out / "manifest.json").read_text())["vocabulary"] == vocabulary.FILE_NAME
+    assert vocabulary.unknown_words(out, "a dog on a beach") == ["dog", "beach"]

@@ -26,7 +26,7 @@ import onnx
 import torch
 from torch import nn
 
-from mobile_o_ros import prompts
+from mobile_o_ros import prompts, vocabulary
 from mobile_o_ros.export import graphs
 from mobile_o_ros.reference.checkpoint import LoadedCheckpoint, checkpoint_sha256
 from mobile_o_ros.reference.pipelines import answer_stop_id
@@ -424,5 +424,6 @@ def export_model(
         {f for g in graphs_meta.values() for f in g["files"]} | {"embed_tokens.npy", "tokenizer.json"}
     )
     manifest["files"] = {f: sha256_file(out_dir / f) for f in files}
+    vocabulary.add_to_export(loaded.path, out_dir, manifest)
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
