@@ -3,7 +3,10 @@
 The ROS 2 build (interfaces + node executables) is the ament_cmake package in CMakeLists.txt/package.xml,
 built by colcon. This file serves `pip install .`: scripts/setup.sh installs the package non-editable and
 without deps into .venv so that the `mobile-o` console script exists (see DEVELOPERS.md). Exact pins live
-in requirements/*.txt; the ranges here are what the code supports.
+in requirements/*.txt; the ranges here are what the code supports, each end tested: runtime.txt pins the
+high ends (the main venv, Python 3.11), py310.txt the low ends (`make test-py310`, Python 3.10).
+On a Jetson, onnxruntime comes as the `onnxruntime-gpu` wheel (requirements/jetson.txt, docs/jetson.md):
+install this package there with `--no-deps`, or pip adds PyPI's CPU onnxruntime beside it.
 """
 
 from pathlib import Path
@@ -40,10 +43,10 @@ setup(
     install_requires=[
         "numpy>=1.26,<3",
         "tokenizers>=0.20,<0.23",
-        "opencv-python-headless>=4.9",
+        "opencv-python-headless>=4.10,<6",
         "onnxruntime>=1.20,<1.24",
-        "rosbags-image>=0.9",
-        "PyYAML>=6.0",
+        "rosbags-image>=0.10",
+        "PyYAML>=6.0.1",
         "psutil>=5.9",
         "tqdm>=4.66",
         "onnx>=1.16",

@@ -5,25 +5,39 @@
 #   install/   colcon install tree (--merge-install --symlink-install); scripts/env.sh puts it first
 # plus the two /opt/python/cp311-cp311 include links that the ROS wheels' CMake files hard-code.
 #
-# Every step is skipped when its inputs are unchanged (hash stamps under .venv/), so a second run takes a
-# few seconds. Environment knobs:
-#   PYTHON=python3.11          interpreter for the venv (must be CPython 3.11: the ROS wheels are cp311)
-#   MOBILE_O_TIERS="export dev ros"   requirement files to install (e.g. "runtime dev ros" skips torch)
+# Every step is skipped when its inputs are unchanged (hash stamps under the venv), so a second run takes
+# a few seconds. Environment knobs:
+#   MOBILE_O_TIERS="export dev ros"   requirement files to install (e.g. "runtime dev ros" skips torch,
+#                              "runtime dev ros-jazzy" takes ROS 2 Jazzy); with a ros* tier the script
+#                              also links the include dirs and colcon-builds the interfaces
+#   MOBILE_O_PYTHON_VERSION=3.11  the venv's Python: 3.11 with a ros* tier (the ROS wheels are cp311),
+#                              3.10-3.12 without
+#   PYTHON=...                 interpreter for the venv (default: pythonX.Y on PATH, else pyenv's X.Y.*)
+#   MOBILE_O_VENV=.venv        the venv; MOBILE_O_BUILD=build, MOBILE_O_INSTALL=install, MOBILE_O_LOG=log
+#                              colcon's build, install and log bases (relative paths: to the repository)
 #   MOBILE_O_FORCE=1           ignore the stamps and redo every step
+# `make test-py310` and `make test-jazzy` build their own venvs this way (see the Makefile).
 # See DEVELOPERS.md for the why of each step.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-PYTHON="${PYTHON:-python3}"
 TIERS="${MOBILE_O_TIERS:-export dev ros}"
-VENV="$ROOT/.venv"
+abs_path() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s' "$ROOT/$1" ;; esac; }
+VENV="$(abs_path "${MOBILE_O_VENV:-.venv}")"
+BUILD_BASE="$(abs_path "${MOBILE_O_BUILD:-build}")"
+INSTALL_BASE="$(abs_path "${MOBILE_O_INSTALL:-install}")"
+LOG_BASE="$(abs_path "${MOBILE_O_LOG:-log}")"
 VPY="$VENV/bin/python"
+VNAME="$(basename "$VENV")"
 FORCE="${MOBILE_O_FORCE:-0}"
+WITH_ROS=0
+for tier in $TIERS; do [[ "$tier" == ros || "$tier" == ros-* ]] && WITH_ROS=1; done
+WANT_PY="${MOBILE_O_PYTHON_VERSION:-3.11}"
 
-log() { printf '[setup] %s\n' "$*"; }
-die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+log() { printf '[setup %s] %s\n' "$VNAME" "$*"; }
+die() { printf '[setup %s] error: %s\n' "$VNAME" "$*" >&2; exit 1; }
 now() { date +%s; }
 T0=$(now)
 
@@ -42,26 +56,45 @@ hash_names() {
     find "$d" -path '*/__pycache__' -prune -o \( -type f -o -type l \) -print | LC_ALL=C sort
   done | sha256sum | cut -d' ' -f1
 }
-# pip, with its output kept in .venv/pip.log and shown (minus local-index noise) only on failure.
+# pip, with its output kept in the venv's pip.log and shown (minus local-index noise) only on failure.
 pip_quiet() {
   "$VPY" -m pip "$@" > "$VENV/pip.log" 2>&1 \
     || { grep -v "is ignored: it is neither a file nor a directory" "$VENV/pip.log" | tail -n 40 >&2
-         die "pip $* failed (full log: .venv/pip.log)"; }
+         die "pip $* failed (full log: $VENV/pip.log)"; }
 }
 stamp_ok() { [[ "$FORCE" != 1 && -f "$1" && "$(cat "$1")" == "$2" ]]; }
 
 # ------------------------------------------------------------------------------------------- 1. venv
-command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
+case "$WANT_PY" in
+  3.11) ;;
+  3.10|3.12) [[ "$WITH_ROS" == 0 ]] || die "the ROS 2 wheels need CPython 3.11 (MOBILE_O_PYTHON_VERSION=$WANT_PY, tiers: $TIERS)" ;;
+  *) die "MOBILE_O_PYTHON_VERSION=$WANT_PY: the package supports Python 3.10 to 3.12" ;;
+esac
+# The interpreter: $PYTHON, else pythonX.Y on PATH, else the newest X.Y.* that pyenv has installed.
+find_python() {
+  local cand
+  if command -v "python$WANT_PY" >/dev/null && "python$WANT_PY" -c pass 2>/dev/null; then
+    command -v "python$WANT_PY"; return 0
+  fi
+  if command -v pyenv >/dev/null; then
+    cand="$(ls -d "$(pyenv root)"/versions/"$WANT_PY".*/bin/python"$WANT_PY" 2>/dev/null | sort -V | tail -n 1)"
+    [[ -n "$cand" ]] && { printf '%s\n' "$cand"; return 0; }
+  fi
+  if [[ "$WANT_PY" == 3.11 ]] && command -v python3 >/dev/null; then command -v python3; return 0; fi
+  return 1
+}
+PYTHON="${PYTHON:-$(find_python || true)}"
+[[ -n "$PYTHON" ]] && command -v "$PYTHON" >/dev/null || die "no Python $WANT_PY found (set PYTHON=...)"
 PYVER="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-[[ "$PYVER" == 3.11 ]] || die "$PYTHON is Python $PYVER; the ROS 2 wheels need CPython 3.11 (set PYTHON=...)"
+[[ "$PYVER" == "$WANT_PY" ]] || die "$PYTHON is Python $PYVER, not $WANT_PY (set PYTHON=... or MOBILE_O_PYTHON_VERSION=...)"
 
-if [[ -x "$VPY" ]] && ! "$VPY" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
-  log "existing .venv is broken or not Python 3.11: recreating it"
+if [[ -x "$VPY" ]] && [[ "$("$VPY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$PYVER" ]]; then
+  log "existing $VNAME is broken or not Python $PYVER: recreating it"
   rm -rf "$VENV"
 fi
 BOOT_HASH="$(hash_files requirements/bootstrap.txt)-$PYVER"
 if [[ ! -x "$VPY" ]]; then
-  log "creating .venv with $("$PYTHON" -c 'import sys; print(sys.executable)') ($PYVER)"
+  log "creating $VNAME with $("$PYTHON" -c 'import sys; print(sys.executable)') ($PYVER)"
   "$PYTHON" -m venv "$VENV"
 fi
 if ! stamp_ok "$VENV/.stamp-bootstrap" "$BOOT_HASH"; then
@@ -81,7 +114,11 @@ done
 REQ_HASH="$(hash_files "${REQ_FILES[@]}")-$TIERS"
 if ! stamp_ok "$VENV/.stamp-requirements" "$REQ_HASH"; then
   t=$(now)
-  log "installing requirements: $TIERS (torch comes from local disk; first run takes a few minutes)"
+  if [[ " $TIERS " == *" export "* ]]; then
+    log "installing requirements: $TIERS (torch comes from local disk; first run takes a few minutes)"
+  else
+    log "installing requirements: $TIERS"
+  fi
   # One resolver run over all tiers, so the pins are checked against each other.
   pip_quiet install "${REQ_ARGS[@]}"
   "$VPY" -m pip check >/dev/null || { "$VPY" -m pip check || true; die "pip check reports broken requirements"; }
@@ -96,7 +133,7 @@ fi
 # editable install would instead inject the source tree, which lacks the generated interfaces.
 PKG_HASH="$(hash_files setup.py)-$(hash_names mobile_o_ros)-$REQ_HASH"
 if ! stamp_ok "$VENV/.stamp-package" "$PKG_HASH"; then
-  log "installing mobile_o_ros into .venv (pip install --no-deps .)"
+  log "installing mobile_o_ros into $VNAME (pip install --no-deps .)"
   # From a scratch copy: setuptools builds in-tree (build/, *.egg-info) and would otherwise leave its
   # artefacts in the source dir and in colcon's build/ (and re-ship stale files from build/lib later).
   tmp="$(mktemp -d)"
@@ -121,7 +158,7 @@ link_if_missing() {  # link_if_missing TARGET LINK
   ln -s "$target" "$link"
   log "linked $link -> $target"
 }
-if [[ " $TIERS " == *" ros "* ]]; then
+if [[ "$WITH_ROS" == 1 ]]; then
   PY_INC="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
   NP_INC="$("$VPY" -c 'import numpy, os; print(os.path.join(os.path.dirname(numpy.__file__), "_core", "include"))')"
   link_if_missing "$PY_INC" /opt/python/cp311-cp311/include/python3.11
@@ -133,15 +170,15 @@ fi
 # Re-run only when the interfaces or the build description change, or when the set of files to
 # install changes (--symlink-install links each file, so a new .py/launch/config file needs an
 # install; edits to existing files need nothing).
-if [[ " $TIERS " == *" ros "* ]]; then
-  COLCON_HASH="$(hash_files package.xml CMakeLists.txt msg/* srv/* action/*)-$(hash_names mobile_o_ros scripts/nodes launch config)-$REQ_HASH-$ROOT"
-  SITE="$ROOT/install/lib/python$PYVER/site-packages"
+if [[ "$WITH_ROS" == 1 ]]; then
+  COLCON_HASH="$(hash_files package.xml CMakeLists.txt msg/* srv/* action/*)-$(hash_names mobile_o_ros scripts/nodes launch config)-$REQ_HASH-$ROOT-$INSTALL_BASE"
+  SITE="$INSTALL_BASE/lib/python$PYVER/site-packages"
   if ! stamp_ok "$VENV/.stamp-colcon" "$COLCON_HASH" || [[ ! -d "$SITE/mobile_o_ros/msg" ]]; then
     t=$(now)
     log "colcon build (interfaces + install tree)"
     # Drop the previously installed Python package so removed/renamed files leave no stale links.
     rm -rf "$SITE/mobile_o_ros"
-    mkdir -p "$ROOT/log"
+    mkdir -p "$LOG_BASE"
     (
       # A clean environment: only the venv's ROS, whatever else the calling shell had sourced.
       unset PYTHONPATH COLCON_PREFIX_PATH ROS_DISTRO ROS_VERSION _ROS_WHEELS_BOOTSTRAP_COMPLETE PYTHONSAFEPATH
@@ -151,14 +188,14 @@ if [[ " $TIERS " == *" ros "* ]]; then
       export CMAKE_PREFIX_PATH="$VENV"
       export LD_LIBRARY_PATH="$VENV/lib"
       export MAKEFLAGS="-j$(nproc)"
-      "$VENV/bin/colcon" --log-base "$ROOT/log" build \
+      "$VENV/bin/colcon" --log-base "$LOG_BASE" build \
         --merge-install --symlink-install \
-        --base-paths "$ROOT" --build-base "$ROOT/build" --install-base "$ROOT/install" \
+        --base-paths "$ROOT" --build-base "$BUILD_BASE" --install-base "$INSTALL_BASE" \
         --event-handlers console_cohesion+ summary+ desktop_notification- \
         --cmake-args -DPython3_EXECUTABLE="$VPY" -DPython3_FIND_VIRTUALENV=ONLY -DBUILD_TESTING=OFF \
                      -DPython3_NumPy_INCLUDE_DIR="$NP_INC_LINK" \
-        > "$ROOT/log/colcon-build.txt" 2>&1 \
-        || { tail -n 60 "$ROOT/log/colcon-build.txt" >&2; die "colcon build failed (full log: log/colcon-build.txt)"; }
+        > "$LOG_BASE/colcon-build.txt" 2>&1 \
+        || { tail -n 60 "$LOG_BASE/colcon-build.txt" >&2; die "colcon build failed (full log: $LOG_BASE/colcon-build.txt)"; }
     )
     [[ -d "$SITE/mobile_o_ros/msg" ]] || die "colcon build produced no $SITE/mobile_o_ros/msg"
     echo "$COLCON_HASH" > "$VENV/.stamp-colcon"
@@ -166,4 +203,8 @@ if [[ " $TIERS " == *" ros "* ]]; then
   fi
 fi
 
-log "ready in $(( $(now) - T0 ))s; now: . scripts/env.sh"
+if [[ "$VENV" == "$ROOT/.venv" && "$INSTALL_BASE" == "$ROOT/install" ]]; then
+  log "ready in $(( $(now) - T0 ))s; now: . scripts/env.sh"
+else
+  log "ready in $(( $(now) - T0 ))s; now: MOBILE_O_VENV=$VENV MOBILE_O_INSTALL=$INSTALL_BASE . scripts/env.sh"
+fi

@@ -13,6 +13,8 @@ import yaml
 from mobile_o_ros.ros import cli as ros_cli
 from mobile_o_ros.ros.testing import serve_command
 
+pytestmark = pytest.mark.runtime
+
 
 def _parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mobile-o")
@@ -146,6 +148,7 @@ def test_ros_verbs_parse() -> None:
         _parse("ros", "generate", "a cube")  # --out is required
 
 
+@pytest.mark.ros
 def test_spin_ends_quietly_when_the_context_goes_down_between_its_checks() -> None:
     """A SIGTERM between rclpy's ok() check and its wait set makes spin_once raise (a fresh-clone run
     exited 1 so); the node's spin loop takes that for the shutdown it is."""

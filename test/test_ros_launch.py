@@ -5,6 +5,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.runtime
+
 LAUNCH = Path(__file__).resolve().parents[1] / "launch" / "mobile_o.launch.py"
 EXPECTED = {"namespace", "params_file", "model_dir", "backend", "camera_topics", "use_compressed"}
 

@@ -10,6 +10,8 @@ import yaml
 
 from mobile_o_ros.ros import params
 
+pytestmark = pytest.mark.runtime
+
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "mobile_o.yaml"
 
 
@@ -53,6 +55,7 @@ def test_markdown_table_lists_every_parameter() -> None:
         assert f"| `{spec.name}` | {spec.type_name} |" in table
 
 
+@pytest.mark.ros
 def test_descriptors_carry_ranges_and_choices() -> None:
     pytest.importorskip("rcl_interfaces.msg", reason="ROS 2 messages not importable")
     d = params.descriptor(params.SPECS["max_steps"])

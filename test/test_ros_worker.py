@@ -10,6 +10,8 @@ import pytest
 
 from mobile_o_ros.ros.worker import BusyError, JobCancelled, Worker, WorkerStopped
 
+pytestmark = pytest.mark.runtime
+
 
 @pytest.fixture
 def worker():

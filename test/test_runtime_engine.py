@@ -13,6 +13,8 @@ import pytest
 
 from mobile_o_ros.validation import InvalidRequest
 
+pytestmark = pytest.mark.runtime
+
 
 @pytest.fixture(scope="module")
 def scene() -> np.ndarray:

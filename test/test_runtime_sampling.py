@@ -7,12 +7,15 @@ import pytest
 
 from mobile_o_ros.runtime.sampling import filter_logits, make_rng, sample_next_token
 
-torch = pytest.importorskip("torch")
-logits_process = pytest.importorskip("transformers.generation.logits_process")
+# The tests marked torch compare with torch / transformers; the others need neither.
+pytestmark = pytest.mark.runtime
 
 
 def _hf_kept(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> set[int]:
     """Token ids HF ``generate`` keeps (processors added exactly when ``_get_logits_processor`` adds them)."""
+    import torch
+    from transformers.generation import logits_process
+
     procs = logits_process.LogitsProcessorList()
     if temperature != 1.0:
         procs.append(logits_process.TemperatureLogitsWarper(temperature))
@@ -24,7 +27,10 @@ def _hf_kept(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -
     return set(np.flatnonzero(np.isfinite(scores)).tolist())
 
 
+@pytest.mark.torch
 def test_greedy_is_torch_argmax() -> None:
+    import torch
+
     rng = np.random.default_rng(0)
     for _ in range(50):
         logits = rng.standard_normal(int(rng.integers(1, 5000))).astype(np.float32)
@@ -33,6 +39,7 @@ def test_greedy_is_torch_argmax() -> None:
     assert sample_next_token(ties, 0.0) == int(torch.argmax(torch.from_numpy(ties))) == 1
 
 
+@pytest.mark.torch
 def test_kept_set_matches_hf_warpers() -> None:
     rng = np.random.default_rng(1)
     for _ in range(400):
@@ -45,6 +52,7 @@ def test_kept_set_matches_hf_warpers() -> None:
         assert ours == _hf_kept(logits, temperature, top_k, top_p), (vocab, temperature, top_k, top_p)
 
 
+@pytest.mark.torch
 def test_large_vocab_top_p_matches_hf() -> None:
     logits = (np.random.default_rng(2).standard_normal(151649) * 4).astype(np.float32)
     for top_p in (0.5, 0.9, 0.99):
@@ -52,6 +60,7 @@ def test_large_vocab_top_p_matches_hf() -> None:
         assert ours == _hf_kept(logits, 0.8, 0, top_p)
 
 
+@pytest.mark.torch
 def test_samples_stay_in_kept_set() -> None:
     logits = np.random.default_rng(3).standard_normal(500).astype(np.float32) * 3
     kept = _hf_kept(logits, 0.8, 20, 0.9)

@@ -7,8 +7,8 @@ import pytest
 
 from mobile_o_ros.runtime.scheduler import FlowDPMSolverScheduler, load_scheduler_config
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
+# The tests marked torch compare with diffusers (on torch); the others need neither.
+pytestmark = pytest.mark.runtime
 
 TIMESTEPS_20 = [
     999,
@@ -42,12 +42,17 @@ def config() -> dict:
 
 
 def _reference(config: dict, steps: int):
+    import diffusers
+
     ref = diffusers.DPMSolverMultistepScheduler.from_config(config)
     ref.set_timesteps(steps)
     return ref
 
 
+@pytest.mark.torch
 def test_config_file_is_sana_512(config: dict) -> None:
+    import diffusers
+
     ref = diffusers.DPMSolverMultistepScheduler.from_config(config)
     expected = {
         "algorithm_type": "dpmsolver++",
@@ -77,6 +82,7 @@ def test_known_timesteps(config: dict, steps: int, expected: list[int]) -> None:
     assert ours.sigmas[-1] == 0.0 and ours.sigmas.dtype == np.float32
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 7, 10, 14, 15, 16, 20, 25, 30, 50, 100])
 def test_schedule_matches_diffusers(config: dict, steps: int) -> None:
     ref = _reference(config, steps)
@@ -87,6 +93,8 @@ def test_schedule_matches_diffusers(config: dict, steps: int) -> None:
 
 def _trajectory(config: dict, steps: int, seed: int) -> tuple[float, float]:
     """Run both schedulers; returns (worst per-step error on identical inputs, final error of own runs)."""
+    import torch
+
     ref, ours, own = _reference(config, steps), FlowDPMSolverScheduler(config), FlowDPMSolverScheduler(config)
     ours.set_timesteps(steps)
     own.set_timesteps(steps)
@@ -105,6 +113,7 @@ def _trajectory(config: dict, steps: int, seed: int) -> tuple[float, float]:
     return worst, float(np.abs(x_own - x_ref).max())
 
 
+@pytest.mark.torch
 def test_full_20_step_trajectory(config: dict) -> None:
     per_step, final = _trajectory(config, 20, seed=0)
     assert per_step <= 1e-6
@@ -113,6 +122,7 @@ def test_full_20_step_trajectory(config: dict) -> None:
     assert final <= 5e-6
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("steps", [1, 2, 3, 5, 14, 15, 30, 50])
 def test_other_step_counts(config: dict, steps: int) -> None:
     per_step, _ = _trajectory(config, steps, seed=steps)

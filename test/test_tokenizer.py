@@ -22,6 +22,9 @@ from mobile_o_ros.runtime.tokenizer import (
 )
 from mobile_o_ros.tokenizer_factory import SPECIAL_TOKENS, build_tiny_tokenizer
 
+# The tests marked torch compare with transformers' tokenizers; the others need neither.
+pytestmark = pytest.mark.runtime
+
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = [
     "a red cube left of a blue sphere",
@@ -84,6 +87,7 @@ def test_build_is_deterministic(tok_dir: Path, tmp_path: Path) -> None:
         assert (tmp_path / name).read_bytes() == (tok_dir / name).read_bytes(), name
 
 
+@pytest.mark.torch
 def test_hf_loads_slow_and_fast(hf, tok_dir: Path) -> None:
     slow, fast = hf
     assert type(slow).__name__ == "Qwen2Tokenizer"
@@ -95,6 +99,7 @@ def test_hf_loads_slow_and_fast(hf, tok_dir: Path) -> None:
     assert slow.bos_token is None and slow.model_max_length == 2048
 
 
+@pytest.mark.torch
 def test_special_tokens_are_single_ids_in_qwen_order(hf, tok_dir: Path) -> None:
     slow, fast = hf
     ours = TextTokenizer.from_dir(tok_dir)
@@ -107,6 +112,7 @@ def test_special_tokens_are_single_ids_in_qwen_order(hf, tok_dir: Path) -> None:
     assert ours.eos_id == slow.eos_token_id == ours.token_id(prompts.IM_END)
 
 
+@pytest.mark.torch
 def test_three_implementations_agree(hf, tok_dir: Path, slow_only_dir: Path) -> None:
     slow, fast = hf
     ours = TextTokenizer.from_dir(tok_dir)
@@ -137,6 +143,7 @@ def _tokenizer_image_token(prompt: str, tokenizer) -> list[int]:
     return input_ids
 
 
+@pytest.mark.torch
 def test_split_image_prompt_matches_llava(hf, tok_dir: Path) -> None:
     slow, _ = hf
     ours = TextTokenizer.from_dir(tok_dir)
@@ -183,6 +190,7 @@ def test_splice_errors(tok_dir: Path) -> None:
         splice_image_embeddings([ours.vocab_size], table, None)
 
 
+@pytest.mark.torch
 def test_incremental_decoder_reassembles(hf, tok_dir: Path) -> None:
     slow, _ = hf
     ours = TextTokenizer.from_dir(tok_dir)

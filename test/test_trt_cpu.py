@@ -26,6 +26,8 @@ from mobile_o_ros.runtime.manifest import load_manifest
 from mobile_o_ros.trt import builder, cache, precision, profiles
 from mobile_o_ros.trt.cache import EngineCacheError, Environment
 
+pytestmark = pytest.mark.runtime
+
 GRAPHS = ("vision", "llm", "mcp", "dit", "vae_decoder")
 ENV = Environment(tensorrt="10.3.0", gpu="Orin", compute_capability="8.7", l4t="R36.4.3")
 
