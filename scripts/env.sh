@@ -20,7 +20,8 @@
 #   MOBILE_O_VENV=.venv-jazzy MOBILE_O_INSTALL=install-jazzy . scripts/env.sh
 #   MOBILE_O_VENV=.venv-py310 . scripts/env.sh     a venv without ROS: no install tree; the repository
 #                                                 root goes first on PYTHONPATH instead
-# Relative paths are taken from the repository root. Both are exported as absolute paths.
+# Relative paths are taken from the repository root. The active ones show in VIRTUAL_ENV and as the first
+# two entries of AMENT_PREFIX_PATH (install, venv).
 
 if [ -n "${BASH_SOURCE[0]:-}" ]; then
   _mo_src="${BASH_SOURCE[0]}"
@@ -36,10 +37,6 @@ export MOBILE_O_ROOT
 
 case "${MOBILE_O_VENV:-.venv}" in /*) _mo_venv="${MOBILE_O_VENV}" ;; *) _mo_venv="$MOBILE_O_ROOT/${MOBILE_O_VENV:-.venv}" ;; esac
 case "${MOBILE_O_INSTALL:-install}" in /*) _mo_inst="${MOBILE_O_INSTALL}" ;; *) _mo_inst="$MOBILE_O_ROOT/${MOBILE_O_INSTALL:-install}" ;; esac
-MOBILE_O_VENV="$_mo_venv"
-MOBILE_O_INSTALL="$_mo_inst"
-export MOBILE_O_VENV MOBILE_O_INSTALL
-
 if [ ! -x "$_mo_venv/bin/python" ]; then
   echo "scripts/env.sh: $_mo_venv is missing: run 'make setup' first" >&2
   unset _mo_venv _mo_inst

@@ -20,9 +20,10 @@ pytestmark = pytest.mark.ros
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_SOURCED = bool(os.environ.get("MOBILE_O_ROOT"))
-#: The venv and colcon install tree that scripts/env.sh activated (.venv and install/ unless a lane's).
-VENV = Path(os.environ.get("MOBILE_O_VENV") or REPO / ".venv")
-INSTALL = Path(os.environ.get("MOBILE_O_INSTALL") or REPO / "install")
+#: The venv and colcon install tree that scripts/env.sh activated (.venv and install/, or a lane's):
+#: this interpreter's prefix, and the first entry of AMENT_PREFIX_PATH.
+VENV = Path(sys.prefix)
+INSTALL = Path(os.environ.get("AMENT_PREFIX_PATH", str(REPO / "install")).split(os.pathsep)[0])
 
 needs_env = pytest.mark.skipif(
     not ENV_SOURCED, reason="scripts/env.sh not sourced (run via `make test`): ROS interfaces not on the path"

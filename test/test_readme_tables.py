@@ -16,6 +16,9 @@ import yaml
 
 from mobile_o_ros.ros import params
 
+# The parameter table needs neither torch nor ROS; the live-node test is marked ros.
+pytestmark = pytest.mark.runtime
+
 REPO = Path(__file__).resolve().parents[1]
 #: The file holding the tables (switch to REPO / "README.md" once the tables are merged there).
 README_PATH = REPO / "README.md"

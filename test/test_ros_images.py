@@ -14,6 +14,8 @@ from std_msgs.msg import Header
 from mobile_o_ros.ros import images
 from mobile_o_ros.validation import InvalidRequest
 
+pytestmark = pytest.mark.ros
+
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (7, 5, 3), dtype=np.uint8)
 
