@@ -98,3 +98,18 @@ def test_words_the_model_never_saw_are_named_in_the_response(server: ServerProce
             assert resp.success and "never saw" not in resp.message, resp
     finally:
         ros.close()
+
+
+def test_mobile_o_ros_prints_the_nodes_note_as_a_warning(server: ServerProcess, tmp_path: Path) -> None:
+    env = {**os.environ, **LOOPBACK_ENV, "ROS_DOMAIN_ID": str(DOMAIN)}
+    argv = ["ros", "generate", "a dog on a beach", "--out", str(tmp_path / "dog.png"), "--namespace", NS]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobile_o_ros", *argv, "--steps", "1", "--wait", "30"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["mobile-o: warning: the model never saw: dog, beach"]
+    assert (tmp_path / "dog.png").is_file()

@@ -150,8 +150,12 @@ def _header_dict(h: Any) -> dict[str, Any]:
 
 
 def _check(resp: Any) -> None:
+    """Raise on a failed response; warn on stderr when the node says the model never saw some words."""
     if not resp.success:
         raise _cli_error(resp.message or "request failed", EXIT_FAILURE)
+    _, sep, unknown = resp.message.partition("; the model never saw: ")
+    if sep:
+        print(f"mobile-o: warning: the model never saw: {unknown}", file=sys.stderr)
 
 
 def cmd_ros_ask(args: argparse.Namespace) -> int:
