@@ -457,7 +457,12 @@ class MobileOClient:
         # The server's goal services can be found before our feedback subscription is matched to its
         # publisher; feedback sent before that is lost (a fresh CLI process once got none of a short edit's).
         sub, deadline = self._feedback_subs[action], time.monotonic() + self.wait_timeout
-        while sub.get_publisher_count() == 0 and time.monotonic() < deadline:
+        # Subscription.get_publisher_count (matched publishers) is rclpy 7+ (Jazzy, Kilted); Humble's rclpy
+        # has only the graph's count of the topic's publishers, which discovery fills in at about that time.
+        publishers = getattr(sub, "get_publisher_count", None) or (
+            lambda: self.node.count_publishers(sub.topic_name)
+        )
+        while publishers() == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         while len(self._routes) > 256:  # forget the oldest goals
             self._routes.popitem(last=False)
