@@ -1,17 +1,28 @@
 """``mobile-o build-engines``: TensorRT 10 engines from an export folder, cached by what they were built from.
 
 One engine per graph, ``ENGINE_DIR/<graph>.<precision>.engine``, recorded in ``ENGINE_DIR/engines.json``
-(:mod:`mobile_o_ros.trt.cache`). The build is the TensorRT 10 Python API, weakly typed: ``create_network(0)``
-(explicit batch is the TRT 10 default; STRONGLY_TYPED would take precision from the fp32 ONNX and is not
-used), ``OnnxParser.parse_from_file`` (external data is read from next to the file), FP16/BF16 flags with
-the fp32 pins of :mod:`mobile_o_ros.trt.precision`, the target's workspace cap and optimisation level, the
-profiles of :mod:`mobile_o_ros.trt.profiles`, a persistent timing cache in ENGINE_DIR and a progress monitor.
+(:mod:`mobile_o_ros.trt.cache`). The build is the TensorRT 10 Python API:
 
-LM head and the Jetson CMA limit: NvMap allocations that must be physically contiguous come from CMA, 256 MiB
-by default on JetPack 6. A fused 152k x 896 fp16 LM head (~272 MB) asks Myelin for more than that and the
-build dies with ``NvMapMemAllocInternalTagged ... error 12`` (trt-export §1.13). The export therefore splits
-the LM head along the vocabulary (``model.lm_head_chunks`` in the manifest; MatMuls joined by a Concat) and
-the builder refuses, for the orin-nano target, chunks above 128 MiB at the engine's weight precision.
+* weakly typed by default: ``create_network(0)`` (explicit batch is the TRT 10 default),
+  ``OnnxParser.parse_from_file`` (external data is read from next to the file), the FP16/BF16 flag with the
+  fp32 pins of :mod:`mobile_o_ros.trt.precision`; the ``llm`` engine's KV cache I/O is made fp16/bf16, so
+  the cache the runtime keeps on the device is half the size;
+* or, with ``strongly_typed``, a ``STRONGLY_TYPED`` network parsed from an fp16 copy of the ONNX whose fp32
+  islands are explicit Casts (:mod:`mobile_o_ros.trt.typed`), written next to the engine; no precision
+  flags, no pins;
+* TF32 off in every build; the target's workspace cap and optimisation level; the profiles of
+  :mod:`mobile_o_ros.trt.profiles`; a persistent timing cache in ENGINE_DIR and a progress monitor;
+* ``profiling_verbosity = DETAILED``, and after the build the engine inspector's JSON is written next to the
+  engine (``<graph>.<precision>.layers.json``): which layers really run in fp32
+  (:mod:`mobile_o_ros.trt.inspect`); the engine's device memory (TensorRT's estimate of its activation
+  scratch) goes into ``engines.json`` with the weight bytes: the memory budget per engine.
+
+LM head and the Jetson CMA: a fused 152k x 896 fp16 LM head (~272 MB) was reported to break a TensorRT
+Edge-LLM build on an Orin Nano with ``NvMapMemAllocInternalTagged ... error 12``; whether TensorRT's
+allocations come from the 256 MiB CMA at all is not documented. The export splits the LM head along the
+vocabulary (``model.lm_head_chunks``; MatMuls joined by a Concat), and the builder warns about chunks above
+128 MiB at the engine's weight precision; it does not refuse them (``mobile-o gpu-report`` tries a one-chunk
+build on a Jetson).
 """
 
 from __future__ import annotations
@@ -29,8 +40,12 @@ from mobile_o_ros.trt import cache
 from mobile_o_ros.trt import precision as prec
 from mobile_o_ros.trt import profiles as prof
 
-#: Largest LM-head chunk (bytes at the engine's weight precision) accepted for the orin-nano target.
+#: LM-head chunks above this many bytes (at the engine's weight precision) get a warning.
 LM_HEAD_CHUNK_LIMIT = 128 << 20
+#: Engine I/O tensors whose type follows the build precision (the cache kept on the device).
+HALF_IO_TENSORS = ("kv_cache", "kv_cache_out")
+#: The memory target of all engines together on an Orin Nano (weights + the shared scratch).
+MEMORY_TARGET_BYTES = 2 << 30
 Log = Callable[[str], None]
 
 
@@ -44,6 +59,7 @@ class EngineResult:
     seconds: float = 0.0
     fp32_layers: int = 0
     size_bytes: int = 0
+    device_memory_bytes: int = 0
 
 
 def lm_head_chunk_bytes(manifest: dict[str, Any], precision: str) -> tuple[int, int]:
@@ -55,19 +71,24 @@ def lm_head_chunk_bytes(manifest: dict[str, Any], precision: str) -> tuple[int, 
     return largest, max(1, math.ceil(vocab * hidden * width / LM_HEAD_CHUNK_LIMIT))
 
 
-def check_lm_head(manifest: dict[str, Any], precision: str, target: str, log: Log = print) -> None:
-    """Refuse (orin-nano) or warn about (desktop) an LM-head chunk above :data:`LM_HEAD_CHUNK_LIMIT`."""
+def check_lm_head(manifest: dict[str, Any], precision: str, target: str, log: Log = print) -> bool:
+    """Warn about an LM-head chunk above :data:`LM_HEAD_CHUNK_LIMIT`; returns whether it is above."""
     largest, needed = lm_head_chunk_bytes(manifest, precision)
     if largest <= LM_HEAD_CHUNK_LIMIT:
-        return
+        return False
     msg = (
-        f"the LM head's largest chunk is {largest / 2**20:.0f} MiB in {precision}, above the "
-        f"{LM_HEAD_CHUNK_LIMIT >> 20} MiB that fits Jetson's 256 MiB CMA; re-export with "
+        f"the LM head's largest chunk is {largest / 2**20:.0f} MiB in {precision}, above "
+        f"{LM_HEAD_CHUNK_LIMIT >> 20} MiB; a build of such a head was reported to fail on an Orin Nano "
+        f"(NvMap error 12, a contiguous allocation). If this build fails so, re-export with "
         f"`mobile-o export CHECKPOINT OUT --lm-head-chunks {needed}`"
     )
-    if target == "orin-nano":
-        raise cache.EngineCacheError(msg)
-    log(f"warning: {msg} (ignored for target {target})")
+    log(f"warning: {msg} (target {target})")
+    return True
+
+
+def policy_key(strongly_typed: bool) -> str:
+    """The ``precision_policy`` cache-key field: the rules' digest, and how they are applied."""
+    return prec.policy_digest() + ("+strongly-typed" if strongly_typed else "")
 
 
 def expected_keys(
@@ -78,6 +99,7 @@ def expected_keys(
     env: cache.Environment,
     graphs: list[str] | None = None,
     verify: bool = False,
+    strongly_typed: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The cache key every engine of the export must have for this machine, precision and target."""
     t = prof.get_target(target)
@@ -89,7 +111,7 @@ def expected_keys(
             digest,
             env,
             precision,
-            prec.policy_digest(),
+            policy_key(strongly_typed and precision != "fp32"),
             prof.profiles_json(shapes),
             t.opt_level,
             t.workspace_bytes,
@@ -134,6 +156,21 @@ def _progress_monitor(trt: Any, log: Log, every_s: float = 30.0) -> Any:
     return Monitor()
 
 
+def _half_io(trt: Any, network: Any, precision: str) -> dict[str, str]:
+    """Make the cache I/O tensors fp16 (bf16) in a weakly typed reduced-precision network."""
+    if precision == "fp32":
+        return {}
+    dtype, name = (trt.float16, "float16") if precision == "fp16" else (trt.bfloat16, "bfloat16")
+    changed = {}
+    tensors = [network.get_input(i) for i in range(network.num_inputs)]
+    tensors += [network.get_output(i) for i in range(network.num_outputs)]
+    for tensor in tensors:
+        if tensor.name in HALF_IO_TENSORS:
+            tensor.dtype = dtype
+            changed[tensor.name] = name
+    return changed
+
+
 def _build_one(
     onnx_path: Path,
     shapes: list[prof.ShapeProfile],
@@ -142,22 +179,32 @@ def _build_one(
     node_rules: dict[str, str],
     timing_cache: Path,
     log: Log,
-) -> tuple[Any, dict[str, str]]:
-    """Parse, configure and build one serialized engine; returns (IHostMemory, pinned layer → rule)."""
+    strongly_typed: bool = False,
+) -> tuple[Any, dict[str, str], dict[str, str]]:
+    """Parse, configure and build one serialized engine; returns (IHostMemory, pinned layer → rule,
+    I/O tensors whose type was changed → dtype)."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise cache.EngineCacheError(f"TensorRT cannot parse {onnx_path}: {errors}")
-    pinned = prec.apply_to_network(network, node_rules) if precision != "fp32" else {}
+    weak_half = precision != "fp32" and not strongly_typed
+    pinned = prec.apply_to_network(network, node_rules) if weak_half else {}
+    io_types = _half_io(trt, network, precision) if weak_half else {}
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_bytes)
     config.builder_optimization_level = target.opt_level
-    prec.configure_precision(config, precision, bool(pinned))
+    if hasattr(trt, "ProfilingVerbosity"):
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    try:
+        prec.configure_precision(config, precision, bool(pinned), strongly_typed)
+    except RuntimeError as err:
+        raise cache.EngineCacheError(str(err)) from err
     for profile_shapes in shapes:
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in profile_shapes.items():
@@ -176,7 +223,80 @@ def _build_one(
         raise cache.EngineCacheError(f"TensorRT failed to build {onnx_path.name}; see the TensorRT log above")
     cache.write_engine(timing_cache.parent, timing_cache.name, config.get_timing_cache().serialize())
     del parser, network, config, builder, monitor
-    return blob, pinned
+    return blob, pinned, io_types
+
+
+def inspect_engine(engine_path: Path, json_path: Path, log: Log = print) -> int | None:
+    """Deserialize a written engine (streamed), write the engine inspector's JSON to ``json_path`` and return
+    the engine's device memory (``device_memory_size_v2`` where present); None when it cannot be loaded."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    try:
+        if hasattr(trt, "IStreamReader"):
+
+            class _Reader(trt.IStreamReader):
+                def __init__(self, fh: Any) -> None:
+                    trt.IStreamReader.__init__(self)
+                    self.fh = fh
+
+                def read(self, size: int) -> bytes:
+                    return self.fh.read(size)
+
+            with open(engine_path, "rb") as fh:
+                engine = runtime.deserialize_cuda_engine(_Reader(fh))
+        else:
+            engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    except Exception as err:  # TensorRT raises its own error types
+        log(f"  warning: cannot load {engine_path.name} to inspect it: {err}")
+        return None
+    if engine is None:
+        log(f"  warning: cannot load {engine_path.name} to inspect it")
+        return None
+    size = getattr(engine, "device_memory_size_v2", None)
+    device_memory = int(size if size is not None else engine.device_memory_size)
+    inspector = engine.create_engine_inspector()
+    context = _context_at_opt_shapes(trt, engine)
+    if context is not None:  # without one, a dynamic-shape engine reports no formats
+        inspector.execution_context = context
+    json_path.write_text(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    del inspector, context, engine, runtime
+    return device_memory
+
+
+def _context_at_opt_shapes(trt: Any, engine: Any) -> Any:
+    """An execution context of profile 0 at its opt shapes, for the inspector (None for static engines)."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    dynamic = [n for n in inputs if any(d < 0 for d in engine.get_tensor_shape(n))]
+    if not dynamic:
+        return None
+    context = engine.create_execution_context()
+    for name in dynamic:
+        context.set_input_shape(name, tuple(engine.get_tensor_profile_shape(name, 0)[1]))
+    return context
+
+
+def budget_lines(records: dict[str, dict[str, Any]], target_bytes: int = MEMORY_TARGET_BYTES) -> list[str]:
+    """The memory budget of a set of engines.json entries: per engine and all loaded together."""
+    lines, total = [], 0
+    scratch = max((int(r.get("device_memory_bytes") or 0) for r in records.values()), default=0)
+    for name, r in sorted(records.items()):
+        size = int(r.get("size_bytes", 0))
+        total += size
+        lines.append(
+            f"  {name}: engine {size / 2**20:.1f} MiB, activation scratch "
+            f"{int(r.get('device_memory_bytes') or 0) / 2**20:.1f} MiB, ONNX weights "
+            f"{int(r.get('onnx_weights_bytes') or 0) / 2**20:.1f} MiB"
+        )
+    whole = total + scratch
+    verdict = "within" if whole <= target_bytes else "above"
+    lines.append(
+        f"  all engines loaded: {total / 2**20:.1f} MiB + one shared scratch {scratch / 2**20:.1f} MiB = "
+        f"{whole / 2**20:.1f} MiB, {verdict} the {target_bytes / 2**30:.1f} GiB target (CUDA context, "
+        "libraries, I/O buffers and the host embedding table come on top)"
+    )
+    return lines
 
 
 def _refusal(engine_dir: Path, problems: list[str], export_dir: Path, precision: str, target: str) -> str:
@@ -185,6 +305,28 @@ def _refusal(engine_dir: Path, problems: list[str], export_dir: Path, precision:
         f"device with `mobile-o build-engines {export_dir} {engine_dir} --precision {precision} "
         f"--target {target}`"
     )
+
+
+def _source_onnx(
+    export_dir: Path,
+    engine_dir: Path,
+    meta: dict[str, Any],
+    graph: str,
+    precision: str,
+    node_rules: dict[str, str],
+    strongly_typed: bool,
+    log: Log,
+) -> Path:
+    """The ONNX file to parse: the export's, or for a strongly typed build its typed copy in ENGINE_DIR."""
+    onnx_path = export_dir / meta["file"]
+    if not strongly_typed or precision == "fp32":
+        return onnx_path
+    from mobile_o_ros.trt.typed import write_typed_onnx
+
+    typed = engine_dir / f"{graph}.{precision}.typed.onnx"
+    islands = write_typed_onnx(onnx_path, typed, node_rules, precision)
+    log(f"  {typed.name}: {precision} with {islands} fp32 islands as explicit Casts")
+    return typed
 
 
 def build_engines(
@@ -197,6 +339,7 @@ def build_engines(
     log: Log = print,
     graphs: list[str] | None = None,
     env: cache.Environment | None = None,
+    strongly_typed: bool = False,
 ) -> list[EngineResult]:
     """Build (or reuse) one engine per graph of ``export_dir`` into ``engine_dir``.
 
@@ -218,7 +361,9 @@ def build_engines(
     env = env or cache.detect_environment()
     if "llm" in selected:
         check_lm_head(manifest, precision, t.name, log)
-    keys = expected_keys(export_dir, manifest, precision, t.name, env, selected)
+    keys = expected_keys(
+        export_dir, manifest, precision, t.name, env, selected, strongly_typed=strongly_typed
+    )
     recorded = cache.load_engine_manifest(engine_dir)
     statuses = {g: cache.check(engine_dir, g, precision, keys[g], manifest=recorded) for g in selected}
     if no_build:
@@ -233,9 +378,10 @@ def build_engines(
 
     engine_dir.mkdir(parents=True, exist_ok=True)
     timing_cache = engine_dir / f"timing-trt{env.tensorrt}-sm{env.compute_capability}.cache"
+    typing = "strongly typed" if strongly_typed and precision != "fp32" else "weakly typed"
     log(
-        f"TensorRT {env.tensorrt} on {env.gpu} (sm {env.compute_capability}, L4T {env.l4t}); {precision}, "
-        f"target {t.name}: {t.description}; engines in {engine_dir}"
+        f"TensorRT {env.tensorrt} on {env.gpu} (sm {env.compute_capability}, L4T {env.l4t}); {precision} "
+        f"({typing}), target {t.name}: {t.description}; engines in {engine_dir}"
     )
     results = []
     for graph in selected:
@@ -256,8 +402,12 @@ def build_engines(
             ) from err
         shapes = prof.shape_profiles(meta, graph, t)
         t0 = time.perf_counter()
-        onnx_path = export_dir / meta["file"]
-        blob, pinned = _build_one(onnx_path, shapes, precision, t, node_rules, timing_cache, log)
+        onnx_path = _source_onnx(
+            export_dir, engine_dir, meta, graph, precision, node_rules, strongly_typed, log
+        )
+        blob, pinned, io_types = _build_one(
+            onnx_path, shapes, precision, t, node_rules, timing_cache, log, strongly_typed
+        )
         seconds = time.perf_counter() - t0
         size, digest = cache.write_engine(engine_dir, name, blob)
         del blob
@@ -265,7 +415,9 @@ def build_engines(
         (engine_dir / f"{graph}.{precision}.fp32_layers.txt").write_text(
             "".join(f"{layer}\t{rule}\n" for layer, rule in sorted(pinned.items()))
         )
-        cache.record_engine(
+        layers_json = engine_dir / f"{graph}.{precision}.layers.json"
+        device_memory = inspect_engine(engine_dir / name, layers_json, log)
+        entry = cache.record_engine(
             engine_dir,
             graph,
             precision,
@@ -278,13 +430,27 @@ def build_engines(
             fp32_layers=prec.summarize(pinned),
             onnx_fp32_nodes=len(node_rules),
             export_dir=str(export_dir),
+            strongly_typed=bool(strongly_typed and precision != "fp32"),
+            io_dtypes=io_types,
+            device_memory_bytes=device_memory,
+            onnx_weights_bytes=int(meta.get("weights_bytes") or 0),
+            layers_json=layers_json.name if device_memory is not None else None,
         )
         summary = ", ".join(f"{r} {n}" for r, n in prec.summarize(pinned).items()) or "none"
         log(
-            f"{name}: built in {seconds:.0f} s, {size / 2**20:.1f} MiB; {len(pinned)} layers kept in fp32 "
-            f"({summary}; {len(node_rules)} ONNX nodes matched)"
+            f"{name}: built in {seconds:.0f} s, {size / 2**20:.1f} MiB; {len(pinned)} layers pinned to fp32 "
+            f"in the network ({summary}; {len(node_rules)} ONNX nodes matched)"
         )
-        if node_rules and not pinned:
+        log(budget_lines({name: entry})[0])
+        if node_rules and not pinned and not strongly_typed:
             log(f"  warning: no TensorRT layer maps back to the {len(node_rules)} fp32 ONNX nodes of {graph}")
-        results.append(EngineResult(graph, name, "built", round(seconds, 1), len(pinned), size))
+        results.append(
+            EngineResult(graph, name, "built", round(seconds, 1), len(pinned), size, device_memory or 0)
+        )
+    entries = cache.load_engine_manifest(engine_dir)["engines"]
+    names = [cache.engine_filename(g, precision) for g in selected]
+    loaded = {name: entries[name] for name in names}
+    log("memory budget:")
+    for line in budget_lines(loaded):
+        log(line)
     return results

@@ -38,6 +38,7 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
             force=args.force,
             no_build=args.no_build,
             graphs=args.only,
+            strongly_typed=args.strongly_typed,
         )
     except EngineCacheError as err:
         raise CliError(str(err), EXIT_FAILURE) from err
@@ -82,5 +83,11 @@ def add_build_engines_parser(subparsers: argparse._SubParsersAction) -> argparse
         help="only check: fail with the reason if any engine is missing or stale",
     )
     p.add_argument("--only", nargs="+", default=None, metavar="GRAPH", help="only these graphs")
+    p.add_argument(
+        "--strongly-typed",
+        action="store_true",
+        help="build STRONGLY_TYPED networks from an fp16 copy of each graph whose fp32 layers are explicit "
+        "Casts (instead of the FP16/BF16 flag with layers pinned to fp32)",
+    )
     p.set_defaults(func=cmd_build_engines)
     return p

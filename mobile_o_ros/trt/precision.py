@@ -14,15 +14,23 @@ Rules (facts §11/§13, trt-export §4.3-4.5/§4.16), first match wins:
 * ``sana_time_embedding`` (dit): the sinusoid under ``/time_embed/emb/time_proj/`` (arguments to ~1000 rad).
 * ``rotary_embedding`` (llm): ``/rotary_emb/`` (theta 1e6, positions up to 2048).
 * ``dcae_linear_attention`` (vae_decoder): nodes directly in the DC-AE ``/attn/`` scope (+ its ReLUs).
-* ``norm_reduction`` (all): ReduceMean, Pow, Sqrt, Reciprocal, Softmax, LayerNormalization.
+* ``norm_reduction`` (all): ReduceMean, Pow, Sqrt, Reciprocal.
 * ``norm_scope`` (all): the rest of every ``*norm*`` scope (RMSNorm's eps Add, Div, Casts, scale Mul).
 
-Only nodes whose first input and outputs are floating point are pinned (shape arithmetic is left alone).
-``fp32`` builds pin nothing (no FP16/BF16 flag; TF32 is disabled for exact parity).
+Never pinned: Softmax (a pin keeps TensorRT from fusing attention; its fp16 kernels reduce in fp32) and
+LayerNormalization (``INormalizationLayer`` computes in fp32 whatever its I/O type). Only nodes whose first
+input and outputs are floating point are pinned (shape arithmetic is left alone). ``fp32`` builds pin
+nothing. No build uses TF32: it would round the pinned layers' inputs to 10-bit mantissas.
+
+Whether TensorRT honours a pin inside a Myelin "foreign node" is not documented; the engine inspector's
+JSON that the builder writes beside each engine shows the precision each layer really runs in
+(:mod:`mobile_o_ros.trt.inspect`). The ``--strongly-typed`` build is the fallback: the same rules become
+explicit Casts in an fp16 ONNX (:mod:`mobile_o_ros.trt.typed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -32,8 +40,10 @@ from typing import Any
 
 PRECISIONS = ("fp16", "bf16", "fp32")
 #: Bump when the rules change: part of the engine cache key.
-POLICY_VERSION = 1
+POLICY_VERSION = 2
 FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16"})
+#: Ops no rule pins (see the module docstring).
+NEVER_PINNED = frozenset({"Softmax", "LayerNormalization"})
 _LLM = ("llm",)
 
 
@@ -63,7 +73,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "norm_reduction",
         None,
-        op_types=frozenset({"ReduceMean", "Pow", "Sqrt", "Reciprocal", "Softmax", "LayerNormalization"}),
+        op_types=frozenset({"ReduceMean", "Pow", "Sqrt", "Reciprocal"}),
     ),
     Rule("norm_scope", None, scope=r"/[^/]*norm[^/]*/[^/]+$"),
 )
@@ -79,7 +89,7 @@ def check_precision(precision: str) -> str:
 def policy_digest() -> str:
     """A short hash of the rules and POLICY_VERSION (engine cache key field ``precision_policy``)."""
     text = json.dumps(
-        [POLICY_VERSION]
+        [POLICY_VERSION, sorted(NEVER_PINNED)]
         + [[r.name, r.graphs, r.scope, sorted(r.op_types) if r.op_types else None] for r in RULES]
     )
     return f"v{POLICY_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
@@ -87,6 +97,8 @@ def policy_digest() -> str:
 
 def rule_for(graph: str | None, node_name: str, op_type: str) -> str | None:
     """The first rule that pins this node, or None."""
+    if op_type in NEVER_PINNED:
+        return None
     return next((r.name for r in RULES if r.matches(graph, node_name, op_type)), None)
 
 
@@ -96,15 +108,44 @@ def pinnable(first_input_dtype: str | None, output_dtypes: list[str]) -> bool:
     return first_input_dtype in FLOAT_DTYPES and outputs_float
 
 
-def _onnx_dtypes(model) -> dict[str, str]:
+def _typed_names(graph: Any) -> set[str]:
+    return {v.name for v in [*graph.input, *graph.value_info, *graph.output] if v.type.tensor_type.elem_type}
+
+
+def _needs_inference(model: Any) -> bool:
+    """Whether some node output lacks a recorded type (the export records them; other files may not)."""
+    typed = _typed_names(model.graph) | {i.name for i in model.graph.initializer}
+    return any(o and o not in typed for n in model.graph.node if n.op_type != "Constant" for o in n.output)
+
+
+def load_typed(path: str | Path) -> Any:
+    """The graph of an ONNX file with every tensor's type and without its external data.
+
+    Types come from the file when the export recorded them; otherwise ``infer_shapes_path`` runs on the file
+    (out of Python's memory) and its result is read, again without external data. One copy at a time.
+    """
+    import tempfile
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if not _needs_inference(model):
+        return model
+    del model
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "typed.onnx"
+        onnx.shape_inference.infer_shapes_path(str(path), str(out))
+        return onnx.load(str(out), load_external_data=False)
+
+
+def _onnx_dtypes(model: Any) -> dict[str, str]:
     import onnx
     from onnx import helper
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        inferred = model
-    g = inferred.graph
+    if _needs_inference(model):  # a small in-memory model (files go through load_typed)
+        with contextlib.suppress(Exception):
+            model = onnx.shape_inference.infer_shapes(model)
+    g = model.graph
     types: dict[str, int] = {i.name: i.data_type for i in g.initializer}
     for v in list(g.input) + list(g.value_info) + list(g.output):
         if v.type.tensor_type.elem_type:
@@ -124,15 +165,14 @@ def _onnx_dtypes(model) -> dict[str, str]:
 def fp32_node_rules(onnx_model: Any, graph: str | None = None, precision: str = "fp16") -> dict[str, str]:
     """ONNX node name → rule name for every node the policy keeps in fp32 (empty for ``fp32`` builds).
 
-    ``onnx_model``: a ModelProto or a path (external data is not loaded). ``graph``: the manifest graph
-    name, which restricts graph-specific rules; None applies every rule.
+    ``onnx_model``: a ModelProto or a path (read by :func:`load_typed`: no external data, no in-memory
+    shape inference). ``graph``: the manifest graph name, which restricts graph-specific rules; None applies
+    every rule.
     """
     if check_precision(precision) == "fp32":
         return {}
-    import onnx
-
     if isinstance(onnx_model, (str, Path)):
-        onnx_model = onnx.load(str(onnx_model), load_external_data=False)
+        onnx_model = load_typed(onnx_model)
     dtypes = _onnx_dtypes(onnx_model)
     out: dict[str, str] = {}
     for node in onnx_model.graph.node:
@@ -192,17 +232,28 @@ def apply_to_network(network: Any, node_rules: dict[str, str]) -> dict[str, str]
     return pinned
 
 
-def configure_precision(config: Any, precision: str, any_pinned: bool) -> None:
-    """Builder flags for ``precision``: FP16/BF16 + OBEY_PRECISION_CONSTRAINTS when layers are pinned; fp32
-    clears TF32 so an fp32 engine matches onnxruntime to ~1e-5."""
+def configure_precision(config: Any, precision: str, any_pinned: bool, strongly_typed: bool = False) -> None:
+    """Builder flags for ``precision``. Every build clears TF32. A weakly typed fp16/bf16 build sets the
+    FP16/BF16 flag, and OBEY_PRECISION_CONSTRAINTS when layers are pinned; a strongly typed build sets
+    neither (the ONNX's types decide, and TensorRT rejects those flags there).
+
+    The weak-typing flags are deprecated from TensorRT 10.12 and absent from 11; where they are missing a
+    weakly typed reduced-precision build is refused with the option to use instead.
+    """
     import tensorrt as trt
 
     check_precision(precision)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
-    else:
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if precision != "fp32" and any_pinned:
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    config.clear_flag(trt.BuilderFlag.TF32)
+    if strongly_typed or precision == "fp32":
+        return
+    flags = ["FP16" if precision == "fp16" else "BF16"] + (
+        ["OBEY_PRECISION_CONSTRAINTS"] if any_pinned else []
+    )
+    missing = [f for f in flags if not hasattr(trt.BuilderFlag, f)]
+    if missing:
+        raise RuntimeError(
+            f"TensorRT {getattr(trt, '__version__', '?')} has no BuilderFlag {', '.join(missing)}: "
+            "build with --strongly-typed"
+        )
+    for f in flags:
+        config.set_flag(getattr(trt.BuilderFlag, f))

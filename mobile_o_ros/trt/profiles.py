@@ -13,9 +13,11 @@ Per graph (``P`` = the target's longest prompt, ``C`` = its KV capacity):
   edits ~290-360).
 * ``mcp``: batch 1..2 (CFG runs [uncond, cond] as one batch), seq 1..P. The MCP runs at the *true* length:
   it is not padding-invariant (a global mean over tokens and zero-padded conv ends).
-* ``dit``: batch 1..2, text_len from the smallest to the largest bucket. The backend pads the conditioning
-  to the next bucket with mask zeros *after* the MCP; masked keys get softmax weight exp(-10000) = 0, so the
-  padded call equals the unpadded one, and each bucket is one static shape (a CUDA graph each).
+* ``dit``: one *static* profile per text bucket, each at batch 2 (CFG runs [uncond, cond] as one batch),
+  so each bucket gets tactics tuned for its own shape and its own execution context (and CUDA graph). The
+  backend pads the conditioning to the next bucket with mask zeros *after* the MCP; masked keys get softmax
+  weight exp(-10000) = 0, so the padded call equals the unpadded one. A batch of 1 is repeated to 2 and
+  the first row of the output returned (the rows of a batch are independent).
 * ``vae_decoder``: static, no profile.
 """
 
@@ -33,8 +35,8 @@ ShapeProfile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]
 
 #: The DiT inputs padded along axis 1 to a bucket (with zeros: zero conditioning, mask 0 = hidden).
 DIT_TEXT_INPUTS = ("encoder_hidden_states", "encoder_attention_mask")
-#: Graphs whose calls have one static shape per bucket/size: CUDA-graph candidates.
-STATIC_SHAPE_GRAPHS = ("vision", "dit", "vae_decoder")
+#: The DiT's batch in every profile: the CFG pair.
+DIT_BATCH = 2
 
 
 class ProfileError(ValueError):
@@ -99,7 +101,7 @@ def profiles_for(graph: str, target: str | Target) -> list[AxisProfile]:
             {"seq": (1, 1, 1), "cache_len": _rng(1, 640, c)},
         ],
         "mcp": [{"batch": (1, 2, 2), "seq": _rng(1, 128, p)}],
-        "dit": [{"batch": (1, 2, 2), "text_len": _rng(b[0], 128, b[-1])}],
+        "dit": [{"batch": (DIT_BATCH,) * 3, "text_len": (n, n, n)} for n in b],
         "vae_decoder": [],
     }
     if graph not in table:
@@ -181,20 +183,26 @@ def choose_bucket(length: int, buckets: tuple[int, ...] | list[int]) -> int:
 
 
 def pad_dit_feeds(
-    feeds: dict[str, np.ndarray], buckets: tuple[int, ...] | list[int]
+    feeds: dict[str, np.ndarray], buckets: tuple[int, ...] | list[int], batch: int = DIT_BATCH
 ) -> dict[str, np.ndarray]:
-    """Pad the DiT's conditioning and mask along the text axis to the next bucket, with zeros.
+    """Pad the DiT's conditioning and mask along the text axis to the next bucket, with zeros, and a batch
+    of 1 to ``batch`` (the row repeated).
 
     Zero mask entries hide the padded keys (additive -10000 before the softmax), so the velocity is the
     unpadded one. Only valid for the DiT: the MCP must run at the true length first.
     """
+    out = dict(feeds)
+    rows = {x.shape[0] for x in feeds.values()}
+    if rows == {1} and batch > 1:
+        out = {k: np.repeat(v, batch, axis=0) for k, v in out.items()}
+    elif rows != {batch}:
+        raise ProfileError(f"the DiT runs at batch 1 or {batch}, got {sorted(rows)}")
     length = feeds[DIT_TEXT_INPUTS[0]].shape[1]
     bucket = choose_bucket(length, buckets)
     if bucket == length:
-        return dict(feeds)
-    out = dict(feeds)
+        return out
     for name in DIT_TEXT_INPUTS:
-        x = feeds[name]
+        x = out[name]
         widths = [(0, 0)] * x.ndim
         widths[1] = (0, bucket - length)
         out[name] = np.pad(x, widths, mode="constant", constant_values=0)
