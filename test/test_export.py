@@ -40,7 +40,7 @@ def test_manifest_describes_every_graph(tiny_export: Path) -> None:
     llm = manifest["graphs"]["llm"]
     assert [o["name"] for o in llm["outputs"]] == ["logits", "kv_cache_out", "mcp_inputs"]
     assert llm["outputs"][2]["shape"][:2] == [1, 4] and llm["outputs"][2]["shape"][2] == "seq"
-    assert "ScatterElements" in llm["op_types"]
+    assert "ScatterElements" in llm["op_types"] and "If" not in llm["op_types"]
     assert manifest["model"]["lm_head_chunks"] == 2
     assert manifest["special_tokens"]["image_token_index"] == -200
     assert manifest["defaults"]["steps"] == 20 and manifest["defaults"]["guidance_scale"] == 1.5

@@ -126,6 +126,36 @@ def test_precision_policy_on_the_tiny_graphs(tiny_export: Path) -> None:
         precision.fp32_layer_names(tiny_export / "dit.onnx", "dit", precision="int8")
 
 
+def test_policy_reads_types_without_an_in_memory_inference(
+    tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export records every tensor's type; a file without them is inferred on disk
+    (infer_shapes_path), never by onnx.shape_inference.infer_shapes on a second in-memory copy."""
+    import onnx
+
+    expected = precision.fp32_node_rules(tiny_export / "llm.onnx", "llm")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("infer_shapes on an in-memory copy")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuse)
+    assert precision.fp32_node_rules(tiny_export / "llm.onnx", "llm") == expected
+    bare = onnx.load(str(tiny_export / "llm.onnx"))
+    del bare.graph.value_info[:]
+    onnx.save_model(bare, str(tmp_path / "bare.onnx"))
+    del bare
+    paths: list[str] = []
+    original = onnx.shape_inference.infer_shapes_path
+
+    def on_disk(src: str, dst: str = "", *args: Any, **kwargs: Any) -> None:
+        paths.append(src)
+        original(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path", on_disk)
+    assert precision.fp32_node_rules(tmp_path / "bare.onnx", "llm") == expected
+    assert paths == [str(tmp_path / "bare.onnx")]
+
+
 def test_layer_metadata_maps_back_to_onnx_nodes() -> None:
     fused = "[ONNX Layer: /a/Relu]\x1f[ONNX Layer: /a/MatMul]"
     assert precision.onnx_nodes_of("x", fused) == ["/a/Relu", "/a/MatMul"]
