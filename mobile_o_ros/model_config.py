@@ -191,7 +191,7 @@ def _shapes_dit() -> dict[str, Any]:
         cross_attention_dim=128,
         caption_channels=256,
         num_layers=6,
-        interpolation_scale=1.0,  # 2D sin-cos positions (a buffer, no weights): see shapes/train.py
+        interpolation_scale=1.0,  # 2D sin-cos positions (a buffer, no weights)
         patch_size=2,  # 8×8 tokens over the 16×16 latent: a quarter of the DiT's cost per step
     )
     return dit

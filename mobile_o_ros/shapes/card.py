@@ -92,8 +92,8 @@ def write_card(model_dir: Path, scores: dict[str, Any]) -> Path:
         lines.append(f"| {name} | {s['steps']} | {s['seconds']} | {s['loss_first']} → {s['loss_last']} |")
     lines += [
         "",
-        "See `mobile_o_ros/shapes/train.py` for what each stage trains and why; `training_report.json` has",
-        "the whole recipe.",
+        "See `mobile_o_ros/shapes/train/` for what each stage trains and why, and `docs/shapes_training.md`",
+        "for the measured variants of the recipe; `training_report.json` has the whole recipe.",
         "",
         "## Self-test (`mobile-o selftest`, held-out scenes)",
         "",
