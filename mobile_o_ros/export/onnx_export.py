@@ -296,6 +296,29 @@ def export_graph(spec: GraphSpec, out_dir: Path, opset: int = OPSET) -> dict[str
     }
 
 
+def model_section(cfg, lm_head_chunks: int, kv_capacity: int = DEFAULT_KV_CAPACITY) -> dict[str, Any]:
+    """The manifest's ``model`` entry: the shapes and constants the runtime and the builder read."""
+    n_heads = int(cfg.llm["num_attention_heads"])
+    return {
+        "name": cfg.name,
+        "hidden_size": cfg.hidden_size,
+        "num_layers": int(cfg.llm["num_hidden_layers"]),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": int(cfg.llm["num_key_value_heads"]),
+        "head_dim": cfg.hidden_size // n_heads,
+        "vocab_size": int(cfg.llm["vocab_size"]),
+        "max_position_embeddings": int(cfg.llm.get("max_position_embeddings", 32768)),
+        "mcp_num_layers": cfg.mcp.num_layers,
+        "caption_dim": cfg.mcp.output_dim,
+        "latent_shape": list(cfg.latent_shape),
+        "vae_scaling_factor": cfg.vae_scaling_factor,
+        "output_size": cfg.output_size,
+        "lm_head_chunks": lm_head_chunks,
+        "kv_capacity": kv_capacity,
+        "mask_value": graphs.MASK_VALUE,
+    }
+
+
 def memory_budget(graphs_meta: dict[str, Any], embed_table_bytes: int) -> dict[str, Any]:
     """Weight bytes per engine (fp32 as exported, and at fp16) and their sums, plus the host embedding table.
 
@@ -362,7 +385,6 @@ def export_model(
     np.save(out_dir / "embed_tokens.npy", table)
     _write_tokenizer(loaded.path, out_dir)
 
-    n_heads = int(cfg.llm["num_attention_heads"])
     manifest: dict[str, Any] = {
         "format": "mobile_o_ros.export",
         "version": MANIFEST_VERSION,
@@ -375,24 +397,7 @@ def export_model(
             "dtype": "float32",
         },
         "source_checkpoint": {"path": str(loaded.path), "sha256": checkpoint_sha256(loaded.path)},
-        "model": {
-            "name": cfg.name,
-            "hidden_size": cfg.hidden_size,
-            "num_layers": int(cfg.llm["num_hidden_layers"]),
-            "num_attention_heads": n_heads,
-            "num_key_value_heads": int(cfg.llm["num_key_value_heads"]),
-            "head_dim": cfg.hidden_size // n_heads,
-            "vocab_size": vocab,
-            "max_position_embeddings": int(cfg.llm.get("max_position_embeddings", 32768)),
-            "mcp_num_layers": cfg.mcp.num_layers,
-            "caption_dim": cfg.mcp.output_dim,
-            "latent_shape": list(cfg.latent_shape),
-            "vae_scaling_factor": cfg.vae_scaling_factor,
-            "output_size": cfg.output_size,
-            "lm_head_chunks": chunks,
-            "kv_capacity": kv_capacity,
-            "mask_value": graphs.MASK_VALUE,
-        },
+        "model": model_section(cfg, chunks, kv_capacity),
         "image": {
             "size": cfg.image_size,
             "num_tokens": cfg.num_image_tokens,
