@@ -112,6 +112,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--limit",
         type=int,
         default=None,
+        metavar="N",
         help="items per task: N VQA questions (shared over the 5 question categories), N captions, N edits "
         "(shared over the 3 edit kinds); default 500 / 60 / 60, the model card's sample",
     )
