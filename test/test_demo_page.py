@@ -6,11 +6,13 @@ import re
 
 import pytest
 
+pytestmark = pytest.mark.ros
+
 pytest.importorskip("std_msgs", reason="ROS message types not importable (source scripts/env.sh)")
 
-from std_msgs.msg import Header
+from std_msgs.msg import Header  # noqa: E402
 
-from mobile_o_ros.demo import STYLE, _html, _stamp
+from mobile_o_ros.demo import STYLE, _html, _stamp  # noqa: E402
 
 
 def _header(sec: int, nanosec: int) -> Header:

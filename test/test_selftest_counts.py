@@ -8,6 +8,8 @@ import pytest
 
 from mobile_o_ros.shapes import embedded_model_dir, selftest, world
 
+pytestmark = pytest.mark.runtime
+
 
 def test_limits_are_items_per_task() -> None:
     assert selftest.split(7, world.EDIT_KINDS) == {"recolour": 3, "remove": 2, "move": 2}
@@ -30,8 +32,8 @@ def test_the_default_sample_is_the_model_cards() -> None:
     ]
 
 
+@pytest.mark.torch
 def test_the_cli_says_what_it_runs_and_runs_that(capsys) -> None:
-    pytest.importorskip("torch")
     if not (embedded_model_dir() / "model.safetensors").is_file():
         pytest.skip("the embedded model is not trained in this tree")
     from mobile_o_ros.cli import main

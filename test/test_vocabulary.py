@@ -12,6 +12,8 @@ from mobile_o_ros import vocabulary
 from mobile_o_ros.shapes import embedded_model_dir, world
 from mobile_o_ros.shapes.vocabulary import world_vocabulary, write_vocabulary
 
+pytestmark = pytest.mark.runtime
+
 
 def test_the_shipped_vocabulary_is_the_worlds() -> None:
     shipped = json.loads((embedded_model_dir() / vocabulary.FILE_NAME).read_text())
@@ -84,6 +86,7 @@ def test_the_runtime_names_unknown_words(vocab_export: Path, tiny_export: Path) 
     assert MobileORuntime.load(tiny_export).unknown_words("a dog") == []  # no vocabulary shipped
 
 
+@pytest.mark.torch
 def test_mobile_o_export_ships_the_checkpoints_vocabulary(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from mobile_o_ros.export.onnx_export import export_model
     from mobile_o_ros.reference.checkpoint import load_checkpoint
