@@ -18,13 +18,14 @@ JAZZY := MOBILE_O_VENV=.venv-jazzy MOBILE_O_TIERS="runtime dev ros-jazzy" MOBILE
 LANE_ENV := unset VIRTUAL_ENV PYTHONPATH PYTHONSAFEPATH AMENT_PREFIX_PATH CMAKE_PREFIX_PATH LD_LIBRARY_PATH \
 	_ROS_WHEELS_BOOTSTRAP_COMPLETE MOBILE_O_VENV MOBILE_O_INSTALL; export MOBILE_O_TINY_EXPORT=$(CURDIR)/$(TINY_EXPORT);
 
-.PHONY: help setup test test-gpu test-py310 test-jazzy setup-py310 setup-jazzy tiny-export demo bench lint \
+.PHONY: help setup test test-gpu gpu-first-run test-py310 test-jazzy setup-py310 setup-jazzy tiny-export demo bench lint \
 	clean distclean
 
 help:
 	@echo "make setup     build .venv (pinned requirements), /opt/python include links, colcon build"
 	@echo "make test      run the test suite (pytest test -q -rfEs) and report skipped tests"
 	@echo "make test-gpu  run only the GPU tests (pytest -m gpu)"
+	@echo "make gpu-first-run  mobile-o gpu-report: what the first TensorRT GPU must answer (gpu_report/)"
 	@echo "make test-py310  the torch-free runtime tier on Python 3.10 + numpy 1.26 (.venv-py310)"
 	@echo "make test-jazzy  the ROS tests (and the runtime tier) on ROS 2 Jazzy (.venv-jazzy, install-jazzy/)"
 	@echo "make demo      mobile-o demo --out demo_out"
@@ -46,6 +47,9 @@ test: setup
 test-gpu: setup
 	@rc=0; $(ENV) python -m pytest test -q -rfEs -m gpu $(PYTEST_ARGS) || rc=$$?; \
 	 if [ $$rc -eq 5 ]; then echo "make test-gpu: no GPU tests collected"; rc=0; fi; exit $$rc
+
+gpu-first-run: setup
+	$(ENV) mobile-o gpu-report --out gpu_report
 
 tiny-export: setup
 	@$(ENV) python scripts/tiny_export.py $(TINY_EXPORT)

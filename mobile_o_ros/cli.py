@@ -434,9 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_parity)
 
     from mobile_o_ros.ros.cli import add_parsers as add_ros_parsers
-    from mobile_o_ros.trt.cli import add_build_engines_parser
+    from mobile_o_ros.trt.cli import add_build_engines_parser, add_gpu_report_parser
 
     add_build_engines_parser(sub)
+    add_gpu_report_parser(sub)
     add_ros_parsers(sub)
 
     p = sub.add_parser("demo", help="run the demo and write outputs under OUT")

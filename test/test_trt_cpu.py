@@ -747,6 +747,74 @@ def test_pipelines_on_the_stand_in_match_onnxruntime(
     rt.close()
 
 
+# ------------------------------------------------------------------------------------------ gpu-report
+def test_gpu_report_on_the_stand_in(
+    fake_trt: FakeTRT, tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step of the first-GPU report runs on the stand-in, in order, into JSON and Markdown."""
+    from mobile_o_ros.trt import report as rep
+
+    monkeypatch.setattr(rep, "is_jetson", lambda: True)
+    monkeypatch.setattr(rep.GpuReport, "one_chunk_build", lambda self: {"status": "built", "seconds": 0.0})
+    runner = rep.GpuReport(tiny_export, tmp_path / "work", target="orin-nano", log=lambda s: None)
+    result = runner.run()
+    steps = result["steps"]
+    assert list(steps) == list(rep.STEPS)
+    assert {s: r["status"] for s, r in steps.items()} == dict.fromkeys(rep.STEPS, "done"), steps
+    parity = steps["parity"]["result"]
+    assert set(parity) == {"fp32", "fp16"}
+    fp32 = parity["fp32"]
+    assert "llm/logits (prefill)" in fp32 and "llm/logits (decode step)" in fp32 and "llm/mcp_inputs" in fp32
+    assert all(m["cosine"] > 0.99999 and m["nan"] == m["inf"] == 0 for m in fp32.values())
+    dit_layers = steps["fp32_layers"]["result"]["dit"]
+    assert dit_layers["by_rule"]["sana_linear_attention"]["not_visible"] > 0  # the stand-in's Myelin node
+    buckets = steps["dit_buckets"]["result"]
+    assert buckets["identical"] and buckets["captured_cuda_graphs"] == 2
+    assert [c["text_len"] for c in buckets["calls"]] == [40, 100, 40, 100, 40]
+    rope = steps["rope"]["result"]
+    assert set(rope) == {"fp32, TF32 off", "fp32, TF32 on", "fp16"}
+    assert "positions 600..631" in rope["fp32, TF32 off"]
+    tf32_build = [b for b in fake_trt.builds if fake_trt.trt.BuilderFlag.TF32 in b["flags"]]
+    assert len(tf32_build) == 1 and tf32_build[0]["onnx"].endswith("llm.onnx")
+    memory = steps["memory"]["result"]
+    assert set(memory["engines"]) == {f"{g}.fp16.engine" for g in GRAPHS}
+    assert (
+        memory["all_engines_loaded"]["shared_scratch_bytes"] > 0
+        and "all engines loaded" in memory["budget"][-1]
+    )
+    split = steps["decode_split"]["result"]
+    assert split["per_decode_step"]["calls"] == 32 and split["prefill"]["calls"] == 1
+    assert steps["jetson"]["result"]["lm_head_chunks_1"]["status"] == "built"
+    json_path, md_path = rep.write_report(result, tmp_path / "out")
+    assert json.loads(json_path.read_text())["steps"]["rope"]["status"] == "done"
+    md = md_path.read_text()
+    assert all(title in md for title in rep.TITLES.values()) and "| llm/logits (decode step) |" in md
+    assert fake_trt.pushes == 0
+
+
+def test_gpu_report_without_a_gpu_skips_with_reasons(
+    tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mobile_o_ros.trt import report as rep
+
+    monkeypatch.setattr(rep, "gpu_status", lambda: (False, "needs TensorRT and pycuda (not here)"))
+    monkeypatch.setattr(rep, "is_jetson", lambda: False)
+    result = rep.GpuReport(tiny_export, tmp_path, log=lambda s: None).run()
+    steps = result["steps"]
+    skipped = [s for s, r in steps.items() if r["status"] == "skipped"]
+    assert skipped == ["parity", "fp32_layers", "dit_buckets", "rope", "decode_split", "jetson"]
+    assert all("needs TensorRT" in steps[s]["reason"] for s in skipped[:-1])
+    assert steps["jetson"]["reason"].startswith("not a Jetson")
+    memory = steps["memory"]["result"]  # the ONNX part of the budget needs no GPU
+    assert memory["onnx_budget"]["total_weights_bytes"] > 0 and "needs TensorRT" in memory["skipped"]
+    md = rep.to_markdown(result)
+    assert md.count("Skipped: ") == 6 and "| all |" in md
+    assert rep.cma_from_meminfo("MemTotal: 10 kB\nCmaTotal:  262144 kB\nCmaFree:  1024 kB\n") == {
+        "CmaTotal": 262144 * 1024,
+        "CmaFree": 1024 * 1024,
+    }
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def _parser() -> argparse.ArgumentParser:
     from mobile_o_ros.trt.cli import add_build_engines_parser

@@ -247,6 +247,7 @@ class TensorRTBackend(Backend):
                     self._env,
                     [g],
                     strongly_typed=bool(entry.get("strongly_typed", False)),
+                    tf32=bool(entry.get("tf32", False)),
                 )[g]
                 status = cache.check(self.engine_dir, g, self.precision, key, verify, manifest=recorded)
                 if not status.fresh:

@@ -86,9 +86,9 @@ def check_lm_head(manifest: dict[str, Any], precision: str, target: str, log: Lo
     return True
 
 
-def policy_key(strongly_typed: bool) -> str:
+def policy_key(strongly_typed: bool, tf32: bool = False) -> str:
     """The ``precision_policy`` cache-key field: the rules' digest, and how they are applied."""
-    return prec.policy_digest() + ("+strongly-typed" if strongly_typed else "")
+    return prec.policy_digest() + ("+strongly-typed" if strongly_typed else "") + ("+tf32" if tf32 else "")
 
 
 def expected_keys(
@@ -100,6 +100,7 @@ def expected_keys(
     graphs: list[str] | None = None,
     verify: bool = False,
     strongly_typed: bool = False,
+    tf32: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The cache key every engine of the export must have for this machine, precision and target."""
     t = prof.get_target(target)
@@ -111,7 +112,7 @@ def expected_keys(
             digest,
             env,
             precision,
-            policy_key(strongly_typed and precision != "fp32"),
+            policy_key(strongly_typed and precision != "fp32", tf32),
             prof.profiles_json(shapes),
             t.opt_level,
             t.workspace_bytes,
@@ -180,6 +181,7 @@ def _build_one(
     timing_cache: Path,
     log: Log,
     strongly_typed: bool = False,
+    tf32: bool = False,
 ) -> tuple[Any, dict[str, str], dict[str, str]]:
     """Parse, configure and build one serialized engine; returns (IHostMemory, pinned layer → rule,
     I/O tensors whose type was changed → dtype)."""
@@ -202,7 +204,7 @@ def _build_one(
     if hasattr(trt, "ProfilingVerbosity"):
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     try:
-        prec.configure_precision(config, precision, bool(pinned), strongly_typed)
+        prec.configure_precision(config, precision, bool(pinned), strongly_typed, tf32)
     except RuntimeError as err:
         raise cache.EngineCacheError(str(err)) from err
     for profile_shapes in shapes:
@@ -340,12 +342,14 @@ def build_engines(
     graphs: list[str] | None = None,
     env: cache.Environment | None = None,
     strongly_typed: bool = False,
+    tf32: bool = False,
 ) -> list[EngineResult]:
     """Build (or reuse) one engine per graph of ``export_dir`` into ``engine_dir``.
 
     Fresh engines are reused unless ``force``; stale or missing ones are rebuilt, or, with ``no_build``,
     refused with an :class:`~mobile_o_ros.trt.cache.EngineCacheError` naming each engine and why.
-    ``env`` overrides the detected TensorRT/GPU/L4T identity (tests).
+    ``env`` overrides the detected TensorRT/GPU/L4T identity (tests). ``tf32`` leaves TF32 on (only to
+    measure what it costs: ``mobile-o gpu-report``).
     """
     export_dir = Path(export_dir)
     prec.check_precision(precision)
@@ -362,7 +366,7 @@ def build_engines(
     if "llm" in selected:
         check_lm_head(manifest, precision, t.name, log)
     keys = expected_keys(
-        export_dir, manifest, precision, t.name, env, selected, strongly_typed=strongly_typed
+        export_dir, manifest, precision, t.name, env, selected, strongly_typed=strongly_typed, tf32=tf32
     )
     recorded = cache.load_engine_manifest(engine_dir)
     statuses = {g: cache.check(engine_dir, g, precision, keys[g], manifest=recorded) for g in selected}
@@ -406,7 +410,7 @@ def build_engines(
             export_dir, engine_dir, meta, graph, precision, node_rules, strongly_typed, log
         )
         blob, pinned, io_types = _build_one(
-            onnx_path, shapes, precision, t, node_rules, timing_cache, log, strongly_typed
+            onnx_path, shapes, precision, t, node_rules, timing_cache, log, strongly_typed, tf32
         )
         seconds = time.perf_counter() - t0
         size, digest = cache.write_engine(engine_dir, name, blob)
@@ -431,6 +435,7 @@ def build_engines(
             onnx_fp32_nodes=len(node_rules),
             export_dir=str(export_dir),
             strongly_typed=bool(strongly_typed and precision != "fp32"),
+            tf32=bool(tf32),
             io_dtypes=io_types,
             device_memory_bytes=device_memory,
             onnx_weights_bytes=int(meta.get("weights_bytes") or 0),

@@ -232,7 +232,9 @@ def apply_to_network(network: Any, node_rules: dict[str, str]) -> dict[str, str]
     return pinned
 
 
-def configure_precision(config: Any, precision: str, any_pinned: bool, strongly_typed: bool = False) -> None:
+def configure_precision(
+    config: Any, precision: str, any_pinned: bool, strongly_typed: bool = False, tf32: bool = False
+) -> None:
     """Builder flags for ``precision``. Every build clears TF32. A weakly typed fp16/bf16 build sets the
     FP16/BF16 flag, and OBEY_PRECISION_CONSTRAINTS when layers are pinned; a strongly typed build sets
     neither (the ONNX's types decide, and TensorRT rejects those flags there).
@@ -243,7 +245,10 @@ def configure_precision(config: Any, precision: str, any_pinned: bool, strongly_
     import tensorrt as trt
 
     check_precision(precision)
-    config.clear_flag(trt.BuilderFlag.TF32)
+    if tf32:  # only to measure what TF32 costs
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
     if strongly_typed or precision == "fp32":
         return
     flags = ["FP16" if precision == "fp16" else "BF16"] + (
