@@ -18,7 +18,6 @@ checkpoint prefix                            our module
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from mobile_o_ros.checkpoint_files import (  # noqa: F401  (re-exported: callers import them here)
+    INDEX_FILE,
+    SINGLE_FILE,
+    CheckpointError,
+    checkpoint_sha256,
+    weight_files,
+)
 from mobile_o_ros.model_config import (
     MobileOConfig,
     check_vision_tower_name,
@@ -56,34 +62,6 @@ PREFIXES: tuple[tuple[str, str, str], ...] = (
 #: Keys a checkpoint may leave out: the tied LM head (``save_pretrained`` does not write tied weights).
 OPTIONAL_KEYS = frozenset({"lm_head.weight"})
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded as given; the message names the offending files or keys."""
-
-
-def weight_files(path: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder (single file or the shards of an index)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint folder not found: {path}")
-    if (path / SINGLE_FILE).is_file():
-        return [path / SINGLE_FILE]
-    index = path / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as err:
-            raise CheckpointError(f"corrupt {INDEX_FILE} in {path}: {err}") from err
-        files = sorted({path / f for f in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"shards listed in {INDEX_FILE} are missing: {', '.join(missing)}")
-        return files
-    raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}")
-
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint folder, as stored."""
@@ -104,16 +82,6 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             for k in handle.keys():  # noqa: SIM118 - safe_open is not iterable
                 shapes[k] = tuple(handle.get_slice(k).get_shape())
     return shapes
-
-
-def checkpoint_sha256(path: Path) -> str:
-    """sha256 over the weight files and config.json, in name order."""
-    h = hashlib.sha256()
-    for f in [Path(path) / "config.json", *weight_files(path)]:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def split_checkpoint(sd: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:

@@ -174,7 +174,7 @@ def cached_export(model_dir: Path, progress: Progress | None = None) -> Path:
     checkpoint's sha256, so a changed checkpoint gets a fresh export)."""
     import json
 
-    from mobile_o_ros.reference.checkpoint import checkpoint_sha256
+    from mobile_o_ros.checkpoint_files import checkpoint_sha256
     from mobile_o_ros.runtime.manifest import is_current
 
     sha = checkpoint_sha256(model_dir)
