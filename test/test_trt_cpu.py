@@ -392,6 +392,25 @@ def test_builder_with_the_stand_in(
     assert (engine_dir / "vae_decoder.fp32.engine").is_file()
 
 
+def test_half_cache_io_falls_back_to_fp32_io(
+    fake_trt: FakeTRT, tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should TensorRT refuse the fp16 cache I/O (e.g. a Scatter with mixed types), the engine is built
+    again with the ONNX's fp32 I/O instead of failing."""
+    original = fake_trt.trt.Builder.build_serialized_network
+
+    def refuse_half_io(self, network, config):
+        if any(t.dtype == fake_trt.trt.float16 for t in network.inputs):
+            return None
+        return original(self, network, config)
+
+    monkeypatch.setattr(fake_trt.trt.Builder, "build_serialized_network", refuse_half_io)
+    logs: list[str] = []
+    builder.build_engines(tiny_export, tmp_path, graphs=["llm"], log=logs.append)
+    assert any("did not build with ['kv_cache', 'kv_cache_out'] in half precision" in line for line in logs)
+    assert cache.load_engine_manifest(tmp_path)["engines"]["llm.fp16.engine"]["io_dtypes"] == {}
+
+
 def test_engine_inspector_shows_pins_lost_in_foreign_nodes(fake_engines: Path, tiny_export: Path) -> None:
     """The stand-in fuses SANA's /attn1/ island into a Myelin node, as TensorRT 10 is reported to; the
     report says so instead of counting the network's pins."""

@@ -184,7 +184,36 @@ def _build_one(
     tf32: bool = False,
 ) -> tuple[Any, dict[str, str], dict[str, str]]:
     """Parse, configure and build one serialized engine; returns (IHostMemory, pinned layer → rule,
-    I/O tensors whose type was changed → dtype)."""
+    I/O tensors whose type was changed → dtype).
+
+    When a build with half-precision cache I/O fails, it is built once more with the ONNX's fp32 I/O.
+    """
+    weak_half = precision != "fp32" and not strongly_typed
+    blob, pinned, io_types = _try_build(
+        onnx_path, shapes, precision, target, node_rules, timing_cache, log, strongly_typed, tf32, weak_half
+    )
+    if blob is None and weak_half and io_types:
+        log(f"  warning: {onnx_path.name} did not build with {sorted(io_types)} in half precision; fp32 I/O")
+        blob, pinned, io_types = _try_build(
+            onnx_path, shapes, precision, target, node_rules, timing_cache, log, strongly_typed, tf32, False
+        )
+    if blob is None:
+        raise cache.EngineCacheError(f"TensorRT failed to build {onnx_path.name}; see the TensorRT log above")
+    return blob, pinned, io_types
+
+
+def _try_build(
+    onnx_path: Path,
+    shapes: list[prof.ShapeProfile],
+    precision: str,
+    target: prof.Target,
+    node_rules: dict[str, str],
+    timing_cache: Path,
+    log: Log,
+    strongly_typed: bool,
+    tf32: bool,
+    half_io: bool,
+) -> tuple[Any, dict[str, str], dict[str, str]]:
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -197,7 +226,7 @@ def _build_one(
         raise cache.EngineCacheError(f"TensorRT cannot parse {onnx_path}: {errors}")
     weak_half = precision != "fp32" and not strongly_typed
     pinned = prec.apply_to_network(network, node_rules) if weak_half else {}
-    io_types = _half_io(trt, network, precision) if weak_half else {}
+    io_types = _half_io(trt, network, precision) if half_io else {}
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_bytes)
     config.builder_optimization_level = target.opt_level
@@ -219,11 +248,10 @@ def _build_one(
     monitor = _progress_monitor(trt, log)  # keep a Python reference for the whole build
     config.progress_monitor = monitor
     blob = builder.build_serialized_network(network, config)
-    if blob is None:
-        if monitor.cancelled:
-            raise KeyboardInterrupt
-        raise cache.EngineCacheError(f"TensorRT failed to build {onnx_path.name}; see the TensorRT log above")
-    cache.write_engine(timing_cache.parent, timing_cache.name, config.get_timing_cache().serialize())
+    if blob is None and monitor.cancelled:
+        raise KeyboardInterrupt
+    if blob is not None:
+        cache.write_engine(timing_cache.parent, timing_cache.name, config.get_timing_cache().serialize())
     del parser, network, config, builder, monitor
     return blob, pinned, io_types
 
