@@ -48,9 +48,13 @@ ASK_RESP = {
     "image_header": H,
     "num_tokens": "uint32",
     "latency_ms": "float",
+    "status": "uint8",
 }
 GEN_REQ = {"prompt": "string", "steps": "uint32", "guidance_scale": "float", "seed": "int64"}
-GEN_RESP = {"success": "boolean", "message": "string", "image": IMG, "seed": "int64", "latency_ms": "float"}
+IMAGE_RESP = {"success": "boolean", "message": "string", "image": IMG, "seed": "int64", "latency_ms": "float"}
+#: Fields added after the first release go last: an older client's fields keep their order.
+OUTCOME = {"status": "uint8", "steps_done": "uint32"}
+GEN_RESP = {**IMAGE_RESP, **OUTCOME}
 EDIT_REQ = {
     "instruction": "string",
     "camera": "string",
@@ -59,7 +63,7 @@ EDIT_REQ = {
     "guidance_scale": "float",
     "seed": "int64",
 }
-EDIT_RESP = {**GEN_RESP, "source_header": H}
+EDIT_RESP = {**IMAGE_RESP, "source_header": H, **OUTCOME}
 STEP_FB = {"step": "uint32", "total": "uint32"}
 
 MSGS = {
@@ -81,7 +85,9 @@ ACTIONS = {
     "GenerateImage": (GEN_REQ, GEN_RESP, STEP_FB),
     "EditImage": (EDIT_REQ, EDIT_RESP, STEP_FB),
 }
-DEFAULTS = {"string": "", "uint32": 0, "int64": 0, "float": 0.0, "boolean": False}
+#: The outcome constants of every service response and action result (the ``status`` field).
+STATUS = {"OK": 0, "BUSY": 1, "NOT_ACTIVE": 2, "INVALID": 3, "CANCELLED": 4, "FAILED": 5}
+DEFAULTS = {"string": "", "uint8": 0, "uint32": 0, "int64": 0, "float": 0.0, "boolean": False}
 
 
 def _check_type(cls, expected: dict[str, str]) -> None:
@@ -128,6 +134,17 @@ def test_actions_have_the_documented_fields(name: str) -> None:
     _check_type(act.Goal, goal)
     _check_type(act.Result, result)
     _check_type(act.Feedback, feedback)
+
+
+@needs_env
+@pytest.mark.parametrize("name", sorted(SRVS))
+def test_every_result_carries_the_outcome_constants(name: str) -> None:
+    import mobile_o_ros.action as a
+    import mobile_o_ros.srv as s
+
+    for cls in (getattr(s, name).Response, getattr(a, name).Result):
+        assert {k: getattr(cls, k) for k in STATUS} == STATUS, cls
+        assert cls().status == cls.OK  # a fresh message says OK: every refusal sets its status
 
 
 @needs_env
