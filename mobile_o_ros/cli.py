@@ -15,18 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mobile_o_ros import validation
+from mobile_o_ros.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError
 from mobile_o_ros.model_config import PRESETS
-
-EXIT_BAD_INPUT = 2
-EXIT_FAILURE = 1
-
-
-class CliError(Exception):
-    """A user-facing failure; the message is printed as one line."""
-
-    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -479,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.code
     except KeyboardInterrupt:
         print("mobile-o: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mobile_o_ros.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError
+
 DEFAULT_NAMESPACE = "/mobile_o"
-EXIT_FAILURE = 1
 
 
-def _cli_error(message: str, code: int = 2) -> Exception:
-    from mobile_o_ros.cli import CliError
-
+def _cli_error(message: str, code: int = EXIT_BAD_INPUT) -> Exception:
     return CliError(message, code)
 
 
@@ -354,8 +353,6 @@ def add_parsers(subparsers: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry point (``python -m mobile_o_ros.ros.cli``), with mobile-o's error handling."""
-    from mobile_o_ros.cli import CliError
-
     parser = argparse.ArgumentParser(prog="mobile-o")
     add_parsers(parser.add_subparsers(dest="verb", required=True))
     args = parser.parse_args(argv)
@@ -365,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mobile-o: error: {err}", file=sys.stderr)
         return err.code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -11,10 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-
-def _error(message: str) -> int:
-    print(f"mobile-o: error: {message}", file=sys.stderr)
-    return 2
+from mobile_o_ros.errors import EXIT_FAILURE, CliError
 
 
 def cmd_train_demo(args: argparse.Namespace) -> int:
@@ -23,7 +20,7 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
-        return _error(f"not a folder: {out}")
+        raise CliError(f"not a folder: {out}")
     from mobile_o_ros.shapes.train import train_demo
 
     report = train_demo(
@@ -56,16 +53,18 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         if args.guidance is not None:
             validation.check_guidance(args.guidance)
     except validation.InvalidRequest as err:
-        return _error(str(err))
+        raise CliError(str(err)) from err
     limits = None
     if args.limit is not None:
         if args.limit < 1:
-            return _error("--limit must be at least 1")
+            raise CliError("--limit must be at least 1")
         limits = {"vqa": args.limit, "generation": args.limit, "editing": args.limit}
     tasks = tuple(args.tasks.split(",")) if args.tasks else ("vqa", "generation", "editing")
     unknown = [t for t in tasks if t not in ("vqa", "generation", "editing")]
     if unknown:
-        return _error(f"unknown task(s) {', '.join(unknown)} (vqa, generation, editing)")
+        raise CliError(f"unknown task(s) {', '.join(unknown)} (vqa, generation, editing)")
+    if args.model is not None and not Path(args.model).is_dir():
+        raise CliError(f"model folder not found: {args.model}")
     for line in selftest.plan({**selftest.DEFAULT_LIMITS, **(limits or {})}, tasks):
         print(f"selftest: {line}", file=sys.stderr, flush=True)
     progress = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -74,13 +73,13 @@ def cmd_selftest(args: argparse.Namespace) -> int:
             args.model, args.backend, steps=args.steps, guidance=args.guidance, progress=progress
         )
     except (FileNotFoundError, ValueError) as err:
-        return _error(str(err))
+        raise CliError(str(err)) from err
     save = Path(args.save_images) if args.save_images else None
     result = selftest.run_selftest(engine, limits, tasks, progress, save)
     result["model"] = str(args.model) if args.model else "embedded"
     print(json.dumps(result, indent=2) if args.json else selftest.format_report(result))
     if args.strict and not all(result["meets_targets"].values()):
-        return 1
+        return EXIT_FAILURE
     return 0
 
 

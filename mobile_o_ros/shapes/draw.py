@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
+from mobile_o_ros.errors import CliError
 from mobile_o_ros.shapes import world
 
 
@@ -29,21 +29,21 @@ def cmd_draw_scene(args: argparse.Namespace) -> int:
     import cv2
 
     if args.caption is not None and args.seed is not None:
-        return _error("give a CAPTION or --seed N, not both")
+        raise CliError("give a CAPTION or --seed N, not both")
     if args.seed is not None and args.seed < 0:
-        return _error(f"--seed must be >= 0, got {args.seed}")
+        raise CliError(f"--seed must be >= 0, got {args.seed}")
     if not 64 <= args.size <= 4096:
-        return _error(f"--size must be in [64, 4096], got {args.size}")
+        raise CliError(f"--size must be in [64, 4096], got {args.size}")
     try:
         scene, rgb = draw_scene(args.caption, args.seed, args.size)
     except ValueError as err:
-        return _error(str(err))
+        raise CliError(str(err)) from err
     out = Path(args.output)
     if out.is_dir():
-        return _error(f"output is a folder: {out}")
+        raise CliError(f"output is a folder: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        return _error(f"cannot write image: {out}")
+        raise CliError(f"cannot write image: {out}")
     asked = world.questions(scene, random.Random(0))
     report = {
         "output": str(out),
@@ -57,11 +57,6 @@ def cmd_draw_scene(args: argparse.Namespace) -> int:
         for q in report["questions"]:
             print(f"  {q['question']:<40} {q['answer']}")
     return 0
-
-
-def _error(message: str) -> int:
-    print(f"mobile-o: error: {message}", file=sys.stderr)
-    return 2
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
