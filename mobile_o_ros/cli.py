@@ -76,9 +76,9 @@ def _reference_pipeline(model_dir: Path, dtype_name: str):
 
 def _runtime(model_dir: Path, backend: str):
     """Open an export folder on ``backend``; a folder or backend that cannot load is a CliError."""
+    from mobile_o_ros.manifest import ManifestError
     from mobile_o_ros.runtime.backend import BackendError
     from mobile_o_ros.runtime.engine import MobileORuntime
-    from mobile_o_ros.runtime.manifest import ManifestError
 
     try:
         return MobileORuntime.load(model_dir, backend=backend)
@@ -281,9 +281,9 @@ def _print_graph_rows(graph_results: dict) -> None:
 
 def cmd_parity(args: argparse.Namespace) -> int:
     from mobile_o_ros.export.parity import parity_report, random_weight_parity
+    from mobile_o_ros.manifest import ManifestError
     from mobile_o_ros.reference.checkpoint import CheckpointError, load_checkpoint
     from mobile_o_ros.runtime.engine import MobileORuntime
-    from mobile_o_ros.runtime.manifest import ManifestError
 
     if args.config:
         if args.checkpoint or args.export_dir:

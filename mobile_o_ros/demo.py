@@ -81,7 +81,7 @@ def embedded_checkpoint() -> tuple[Path, str]:
 def exported(checkpoint: Path) -> Path:
     """Export ``checkpoint`` to ONNX once; cached by the checkpoint's sha256."""
     from mobile_o_ros.checkpoint_files import checkpoint_sha256
-    from mobile_o_ros.runtime.manifest import is_current
+    from mobile_o_ros.manifest import is_current
 
     out = cache_dir() / "exports" / checkpoint_sha256(checkpoint)[:16]
     if is_current(out):  # an export of an older manifest version is made again

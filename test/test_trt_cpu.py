@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from trt_standin import ENV, FakeGraphs, FakeTRT
 
+from mobile_o_ros.manifest import load_manifest
 from mobile_o_ros.runtime.backend import BackendError
 from mobile_o_ros.runtime.engine import decode_mask
-from mobile_o_ros.runtime.manifest import load_manifest
 from mobile_o_ros.trt import builder, cache, precision, profiles
 from mobile_o_ros.trt.cache import EngineCacheError, Environment
 

@@ -89,8 +89,8 @@ def test_the_runtime_names_unknown_words(vocab_export: Path, tiny_export: Path) 
 @pytest.mark.torch
 def test_mobile_o_export_ships_the_checkpoints_vocabulary(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from mobile_o_ros.export.onnx_export import export_model
+    from mobile_o_ros.manifest import _sha256
     from mobile_o_ros.reference.checkpoint import load_checkpoint
-    from mobile_o_ros.runtime.manifest import _sha256
 
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from mobile_o_ros import prompts, validation, vocabulary
+from mobile_o_ros.manifest import load_manifest
 from mobile_o_ros.runtime.backend import Backend
-from mobile_o_ros.runtime.manifest import load_manifest
 from mobile_o_ros.runtime.preprocess import preprocess_image
 from mobile_o_ros.runtime.sampling import initial_latents, make_rng, sample_next_token
 from mobile_o_ros.runtime.scheduler import FlowDPMSolverScheduler

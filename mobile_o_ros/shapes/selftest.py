@@ -175,7 +175,7 @@ def cached_export(model_dir: Path, progress: Progress | None = None) -> Path:
     import json
 
     from mobile_o_ros.checkpoint_files import checkpoint_sha256
-    from mobile_o_ros.runtime.manifest import is_current
+    from mobile_o_ros.manifest import is_current
 
     sha = checkpoint_sha256(model_dir)
     out = cache_root() / f"export-{model_dir.name}-{sha[:16]}"

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mobile_o_ros.runtime.manifest import load_manifest
+from mobile_o_ros.manifest import load_manifest
 from mobile_o_ros.trt import cache
 from mobile_o_ros.trt import precision as prec
 from mobile_o_ros.trt import profiles as prof

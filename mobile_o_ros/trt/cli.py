@@ -12,7 +12,7 @@ from mobile_o_ros.trt.profiles import TARGETS
 def cmd_build_engines(args: argparse.Namespace) -> int:
     """Build or check the TensorRT engines of an export folder; one-line errors via ``CliError``."""
     from mobile_o_ros.errors import EXIT_FAILURE, CliError
-    from mobile_o_ros.runtime.manifest import ManifestError, load_manifest
+    from mobile_o_ros.manifest import ManifestError, load_manifest
     from mobile_o_ros.trt.builder import build_engines
     from mobile_o_ros.trt.cache import EngineCacheError, default_engine_dir
 
@@ -96,7 +96,7 @@ def add_build_engines_parser(subparsers: argparse._SubParsersAction) -> argparse
 def cmd_gpu_report(args: argparse.Namespace) -> int:
     """Run the first-GPU checks and write gpu_report.json + gpu_report.md; one-line errors via CliError."""
     from mobile_o_ros.errors import EXIT_FAILURE, CliError
-    from mobile_o_ros.runtime.manifest import ManifestError
+    from mobile_o_ros.manifest import ManifestError
     from mobile_o_ros.trt import report as rep
 
     out_dir = Path(args.out)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from mobile_o_ros.runtime.manifest import load_manifest
+from mobile_o_ros.manifest import load_manifest
 
 STEPS = ("parity", "fp32_layers", "dit_buckets", "rope", "memory", "decode_split", "jetson")
 TITLES = {

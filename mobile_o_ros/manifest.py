@@ -1,4 +1,7 @@
-"""Reading and checking an export folder's ``manifest.json`` (torch-free)."""
+"""Reading and checking an export folder's ``manifest.json``.
+
+A torch-free leaf module: the runtime, the engine builder and the CLI all read exports through it.
+"""
 
 from __future__ import annotations
 
