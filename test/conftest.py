@@ -46,7 +46,8 @@ class _HeavyImportBlocker(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path=None, target=None):
         if fullname.split(".", 1)[0] not in HEAVY:
             return None
-        frames = [f for f in traceback.extract_stack()[:-1] if "importlib" not in f.filename]
+        skip = ("importlib", f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}")
+        frames = [f for f in traceback.extract_stack()[:-1] if not any(s in f.filename for s in skip)]
         where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
         self.attempts.append(f"{fullname} (from {where})")
         raise ModuleNotFoundError(f"{fullname} must not be imported in the {LANE!r} test lane", name=fullname)
@@ -101,7 +102,9 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A lane fails when anything tried to import torch, transformers or diffusers."""
     if LANE and _BLOCKER.attempts:
-        session.config.get_terminal_writer().line(
+        writer = session.config.get_terminal_writer()
+        writer.line()
+        writer.line(
             f"error: the {LANE!r} lane must not import {'/'.join(HEAVY)}; attempts:\n  "
             + "\n  ".join(dict.fromkeys(_BLOCKER.attempts)),
             red=True,
