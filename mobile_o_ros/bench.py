@@ -337,6 +337,71 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def run_trt_bench(
+    export_dir: Path,
+    engine_dir: Path | None = None,
+    repeats: int = 5,
+    steps: int = 20,
+    max_new_tokens: int = 64,
+) -> dict[str, Any]:
+    """Per-component and whole-task latency (GPU ms from CUDA events, wall ms), memory and power mode.
+
+    Runs where ``tensorrt`` and ``pycuda`` import and engines exist (``mobile-o build-engines``), on the
+    production path: ``MobileORuntime`` on ``TensorRTBackend``.
+    """
+    from mobile_o_ros.runtime.engine import MobileORuntime
+    from mobile_o_ros.trt.bench import TARGETS, decode_split, measure, power_mode
+
+    runtime = MobileORuntime.load(export_dir, backend="tensorrt", engine_dir=engine_dir, timing=True)
+    backend = runtime.backend
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+
+    def median(fn) -> dict[str, float]:
+        fn()  # warm-up
+        runs = [measure(backend, fn) for _ in range(repeats)]
+        return {
+            "gpu_ms": statistics.median(r[0] for r in runs),
+            "wall_ms": statistics.median(r[1] for r in runs),
+        }
+
+    try:
+        rows: dict[str, Any] = {
+            "vision": median(lambda: runtime.encode_image(image)),
+            f"generation_{steps}_steps": median(
+                lambda: runtime.generate("a red circle on the left", steps=steps, seed=0)
+            ),
+            f"edit_{steps}_steps": median(lambda: runtime.edit(image, "make it blue", steps=steps, seed=0)),
+        }
+        first: list[float] = []
+        runtime.ask(image, "what is in the picture?", max_new_tokens=1)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            runtime.ask(image, "what is in the picture?", max_new_tokens=1)
+            first.append((time.perf_counter() - t0) * 1000)
+        backend.timings(reset=True)
+        t0 = time.perf_counter()
+        res = runtime.ask(image, "describe the picture in detail.", max_new_tokens=max_new_tokens)
+        decode_s = time.perf_counter() - t0 - statistics.median(first) / 1000
+        timings = backend.timings(reset=True)
+        rows["first_token_ms"] = statistics.median(first)
+        rows["decode_tokens_per_s"] = (
+            (res.num_tokens - 1) / decode_s if res.num_tokens > 1 and decode_s > 0 else None
+        )
+        rows["decode_split"] = decode_split(timings)
+        free_after, total = backend.memory_info()
+        return {
+            "backend": backend.describe(),
+            "rows": rows,
+            # device memory in use after all engines ran (on a Jetson this is shared with the CPU)
+            "gpu_memory_gb": (total - free_after) / 2**30,
+            "power": power_mode(),
+            "targets": TARGETS,
+        }
+    finally:
+        runtime.close()
+
+
 def _tensorrt_rows(tensorrt_export: Path | None) -> dict[str, Any]:
     try:
         import pycuda.driver  # noqa: F401
@@ -347,8 +412,6 @@ def _tensorrt_rows(tensorrt_export: Path | None) -> dict[str, Any]:
         }
     if tensorrt_export is None:
         return {"skipped": "give --tensorrt-export EXPORT_DIR (engines built with mobile-o build-engines)"}
-    from mobile_o_ros.trt.bench import run_trt_bench
-
     return run_trt_bench(Path(tensorrt_export))
 
 

@@ -423,8 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_parity)
 
+    from mobile_o_ros.gpu_report import add_parser as add_gpu_report_parser
     from mobile_o_ros.ros.cli import add_parsers as add_ros_parsers
-    from mobile_o_ros.trt.cli import add_build_engines_parser, add_gpu_report_parser
+    from mobile_o_ros.trt.cli import add_build_engines_parser
 
     add_build_engines_parser(sub)
     add_gpu_report_parser(sub)

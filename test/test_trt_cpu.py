@@ -685,7 +685,7 @@ def test_decode_keeps_the_kv_cache_on_the_device(
 def test_bench_runs_in_the_backends_context(fake_trt: FakeTRT, fake_engines: Path, tiny_export: Path) -> None:
     """GPU timings come from events on the backend's own stream, memory from its context: no pycuda call
     without a current context (the backend pops it after every call)."""
-    from mobile_o_ros.trt.bench import run_trt_bench
+    from mobile_o_ros.bench import run_trt_bench
 
     report = run_trt_bench(tiny_export, fake_engines, repeats=1, steps=1, max_new_tokens=3)
     assert fake_trt.pushes == 0
@@ -771,7 +771,7 @@ def test_gpu_report_on_the_stand_in(
     fake_trt: FakeTRT, tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every step of the first-GPU report runs on the stand-in, in order, into JSON and Markdown."""
-    from mobile_o_ros.trt import report as rep
+    from mobile_o_ros import gpu_report as rep
 
     monkeypatch.setattr(rep, "is_jetson", lambda: True)
     monkeypatch.setattr(rep.GpuReport, "one_chunk_build", lambda self: {"status": "built", "seconds": 0.0})
@@ -814,7 +814,7 @@ def test_gpu_report_on_the_stand_in(
 def test_gpu_report_without_a_gpu_skips_with_reasons(
     tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mobile_o_ros.trt import report as rep
+    from mobile_o_ros import gpu_report as rep
 
     monkeypatch.setattr(rep, "gpu_status", lambda: (False, "needs TensorRT and pycuda (not here)"))
     monkeypatch.setattr(rep, "is_jetson", lambda: False)

@@ -16,11 +16,13 @@ in one JSON + Markdown report.
 
 Every step that needs what this machine lacks (TensorRT, pycuda, a CUDA GPU, a Jetson) says so and is
 skipped; the others run. With the tiny export (the default) it takes minutes on a desktop GPU; ``--export``
-takes any export folder (the real model's takes longer).
+takes any export folder (the real model's takes longer). The module drives engines through the runtime
+and the TensorRT tier, above both; :func:`add_parser` registers the verb on the ``mobile-o`` parser.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import platform
@@ -33,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from mobile_o_ros.manifest import load_manifest
+from mobile_o_ros.errors import EXIT_FAILURE, CliError
+from mobile_o_ros.manifest import ManifestError, load_manifest
+from mobile_o_ros.trt.profiles import TARGETS
 
 STEPS = ("parity", "fp32_layers", "dit_buckets", "rope", "memory", "decode_split", "jetson")
 TITLES = {
@@ -708,3 +712,65 @@ def random_export(config: str, out: Path, lm_head_chunks: int | None = None, log
     manifest["files"] = {f: sha256_file(out / f) for g in metas.values() for f in g["files"]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+# ------------------------------------------------------------------------------------------------ verb
+def cmd_gpu_report(args: argparse.Namespace) -> int:
+    """Run the first-GPU checks and write gpu_report.json + gpu_report.md; one-line errors via CliError."""
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"--out is a file: {out_dir}")
+    work = Path(args.work_dir) if args.work_dir else out_dir / "work"
+    if args.export and args.real_size:
+        raise CliError("--export and --real-size contradict each other (--real-size makes its own export)")
+    try:
+        if args.export:
+            export_dir = Path(args.export)
+            if not export_dir.is_dir():
+                raise CliError(f"export folder not found: {export_dir}")
+        elif args.real_size:
+            export_dir = random_export("real-0.5b", work / "export-real-0.5b")
+        else:
+            export_dir = tiny_export(work)
+    except ImportError as err:
+        raise CliError(
+            f"making the export needs torch ({err}); pass --export DIR (e.g. `make tiny-export` elsewhere)"
+        ) from err
+    target = args.target or ("orin-nano" if is_jetson() else "desktop")
+    try:
+        runner = GpuReport(export_dir, work, target=target)
+    except ManifestError as err:
+        raise CliError(str(err)) from err
+    result = runner.run()
+    json_path, md_path = write_report(result, out_dir)
+    for step, r in result["steps"].items():
+        note = r.get("reason") or r.get("error") or ""
+        print(f"{step}: {r['status']}{' (' + note + ')' if note else ''}")
+    print(f"report: {md_path} and {json_path} ({result['seconds']} s)")
+    failed = [s for s, r in result["steps"].items() if r["status"] == "failed"]
+    if failed:
+        raise CliError(f"{len(failed)} step(s) failed: {', '.join(failed)}; see {md_path}", EXIT_FAILURE)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``gpu-report [--export DIR | --real-size] [--out DIR] [--work-dir DIR] [--target T]``."""
+    p = subparsers.add_parser(
+        "gpu-report",
+        help="run what the first GPU with TensorRT must answer; a JSON + Markdown report",
+        description="Engines against onnxruntime (fp32, fp16), the engine inspector against the precision "
+        "policy, DiT buckets with and without CUDA graphs, positions above 500 with TF32 on and off, memory "
+        "per engine, the decode step's copies and enqueue, and on a Jetson the power mode, CMA and a "
+        "one-chunk LM head build. Steps this machine cannot run are reported as skipped.",
+    )
+    p.add_argument("--export", default=None, help="export folder (default: the tiny test export, made once)")
+    p.add_argument(
+        "--real-size", action="store_true", help="use the real 0.5B configuration with random weights (slow)"
+    )
+    p.add_argument("--out", default="gpu_report", help="where gpu_report.json and gpu_report.md go")
+    p.add_argument("--work-dir", default=None, help="exports and engines (default: OUT/work)")
+    p.add_argument(
+        "--target", choices=tuple(TARGETS), default=None, help="build target (default: orin-nano on a Jetson)"
+    )
+    p.set_defaults(func=cmd_gpu_report)
+    return p
