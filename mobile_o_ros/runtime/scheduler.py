@@ -116,19 +116,18 @@ class FlowDPMSolverScheduler:
             lam = _log32(alpha) - _log32(sigma)
         return alpha, sigma, lam
 
-    def _first_order(self, x0: np.ndarray, sample: np.ndarray) -> np.ndarray:
-        i = self.step_index
+    def _first_order(self, i: int, x0: np.ndarray, sample: np.ndarray) -> np.ndarray:
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.sigmas[i + 1])
         _, sigma_s, lambda_s = self._alpha_sigma_lambda(self.sigmas[i])
         h = lambda_t - lambda_s
         return (sigma_t / sigma_s) * sample - (alpha_t * (_exp32(-h) - _F32(1))) * x0
 
-    def _second_order(self, sample: np.ndarray) -> np.ndarray:
-        i = self.step_index
+    def _second_order(self, i: int, sample: np.ndarray) -> np.ndarray:
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.sigmas[i + 1])
         _, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.sigmas[i])
         _, _, lambda_s1 = self._alpha_sigma_lambda(self.sigmas[i - 1])
         m0, m1 = self.model_outputs[-1], self.model_outputs[-2]
+        assert m0 is not None and m1 is not None, "a second-order step follows a first-order one"
         h, h_0 = lambda_t - lambda_s0, lambda_s0 - lambda_s1
         r0 = h_0 / h
         d0, d1 = m0, (_F32(1) / r0) * (m0 - m1)
@@ -141,23 +140,22 @@ class FlowDPMSolverScheduler:
         """Advance ``sample`` (x_t) one step given the velocity ``model_output``; returns float32 x_{t-1}."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps() before step()")
-        if self.step_index is None:
-            self.step_index = self._index_for_timestep(timestep)
-        if self.step_index >= len(self.timesteps):
+        i = self._index_for_timestep(timestep) if self.step_index is None else self.step_index
+        if i >= len(self.timesteps):
             raise RuntimeError("scheduler already finished; call reset() or set_timesteps() for a new run")
         n = len(self.timesteps)
-        last = self.step_index == n - 1
+        last = i == n - 1
         lower_order_final = last and (
             self.euler_at_final or (self.lower_order_final and n < 15) or self.final_sigmas_type == "zero"
         )
         sample = np.asarray(sample, dtype=np.float32)
-        x0 = sample - self.sigmas[self.step_index] * np.asarray(model_output, dtype=np.float32)
+        x0 = sample - self.sigmas[i] * np.asarray(model_output, dtype=np.float32)
         self.model_outputs = [*self.model_outputs[1:], x0]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             if self.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
-                prev = self._first_order(x0, sample)
+                prev = self._first_order(i, x0, sample)
             else:
-                prev = self._second_order(sample)
+                prev = self._second_order(i, sample)
         self.lower_order_nums = min(self.lower_order_nums + 1, self.solver_order)
-        self.step_index += 1
+        self.step_index = i + 1
         return prev.astype(np.float32, copy=False)
