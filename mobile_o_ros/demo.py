@@ -235,15 +235,11 @@ class Camera:
 
 
 def _start_server(export_dir: Path, workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    defaults = json.loads((export_dir / "manifest.json").read_text())["defaults"]
     params = workdir / "demo_params.yaml"
-    params.write_text(
+    params.write_text(  # the sampling defaults are the model's own: the node reads them from the manifest
         "/**:\n  ros__parameters:\n"
         f"    camera_topics: ['{CAMERA_TOPIC}']\n    busy_policy: queue\n    max_queue: 8\n"
         "    continuous_question: ''\n"
-        # the model's own sampling defaults (the node's are the reference model's)
-        f"    default_steps: {int(defaults['steps'])}\n"
-        f"    default_guidance_scale: {float(defaults['guidance_scale'])}\n"
     )
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
     cmd = [
@@ -360,7 +356,7 @@ def run_demo(out_dir: Path, model: str | None = None, steps: int = 20) -> int:
 
     import rclpy
 
-    from mobile_o_ros.client import MobileOClient
+    from mobile_o_ros.ros.client import MobileOClient
 
     env = dict(
         os.environ,

@@ -91,7 +91,7 @@ def check_node(checks: Checks, ns: str, expected: dict[str, Any], cameras: list[
     from rcl_interfaces.srv import GetParameters
     from rclpy.parameter import parameter_value_to_python
 
-    from mobile_o_ros.client import MobileOClient
+    from mobile_o_ros.ros.client import MobileOClient
 
     fqn = f"{ns}/mobile_o"
     context = rclpy.Context()
