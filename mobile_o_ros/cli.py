@@ -261,7 +261,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         raise CliError(str(err)) from err
     t0 = time.perf_counter()
-    manifest = export_model(loaded, Path(args.out_dir), only=args.only, lm_head_chunks=args.lm_head_chunks)
+    manifest = export_model(
+        loaded,
+        Path(args.out_dir),
+        only=args.only,
+        lm_head_chunks=args.lm_head_chunks,
+        embed_dtype=args.embed_dtype,
+    )
     graphs = ", ".join(manifest["graphs"])
     print(f"exported {graphs} to {args.out_dir} in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -411,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--only", nargs="+", default=None, help="export only these graphs")
     p.add_argument("--lm-head-chunks", type=int, default=None, help="split the LM head along the vocabulary")
+    p.add_argument(
+        "--embed-dtype",
+        choices=("auto", "fp16", "fp32"),
+        default="auto",
+        help="the host embedding table: auto = fp16 when the checkpoint stores it in 16 bits, else fp32",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("parity", help="compare an export with the PyTorch reference")

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
-from mobile_o_ros.export.onnx_export import sha256_file
+from mobile_o_ros.export.onnx_export import embedding_table_dtype, export_model, sha256_file
 from mobile_o_ros.export.parity import COSINE_THRESHOLD, end_to_end_parity, graph_parity
 from mobile_o_ros.runtime.backend import BackendError
 
@@ -46,7 +47,42 @@ def test_manifest_describes_every_graph(tiny_export: Path) -> None:
     assert manifest["defaults"]["steps"] == 20 and manifest["defaults"]["guidance_scale"] == 1.5
     table = np.load(tiny_export / "embed_tokens.npy")
     assert table.shape == (manifest["model"]["vocab_size"], manifest["model"]["hidden_size"])
+    assert table.dtype == np.float32  # the tiny checkpoint stores fp32: the table keeps every bit
+
+
+@pytest.mark.parametrize(
+    ("choice", "stored", "expected"),
+    [
+        ("auto", "BF16", torch.float16),
+        ("auto", "F16", torch.float16),
+        ("auto", "F32", torch.float32),
+        ("auto", None, torch.float32),
+        ("fp16", "F32", torch.float16),
+        ("fp32", "BF16", torch.float32),
+    ],
+)
+def test_the_embedding_table_is_fp16_only_where_the_checkpoint_is_16_bit(choice, stored, expected) -> None:
+    assert embedding_table_dtype(choice, stored) == expected
+
+
+def test_a_bf16_checkpoint_exports_an_fp16_table_that_holds_its_values(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    from mobile_o_ros.reference.checkpoint import load_checkpoint, save_checkpoint, stored_dtype
+
+    loaded = load_checkpoint(tiny_checkpoint)
+    bf16_dir = save_checkpoint(loaded.model, tmp_path / "bf16", dtype=torch.bfloat16)
+    for f in tiny_checkpoint.iterdir():  # the tokenizer files beside the weights
+        if f.is_file() and not (bf16_dir / f.name).exists():
+            (bf16_dir / f.name).write_bytes(f.read_bytes())
+    assert stored_dtype(bf16_dir, "model.embed_tokens.weight") == "BF16"
+    bf16 = load_checkpoint(bf16_dir)
+    export_model(bf16, tmp_path / "export", only=["mcp"])
+    table = np.load(tmp_path / "export" / "embed_tokens.npy")
     assert table.dtype == np.float16
+    weight = bf16.model.llm.get_input_embeddings().weight.detach().float().numpy()
+    small = np.abs(weight) < 2.0**-17  # fp16 holds every bf16 value from 2**-17 to 65504 exactly
+    assert np.array_equal(table[~small].astype(np.float32), weight[~small])
 
 
 def test_one_llm_graph_without_a_gather_at_minus_one(tiny_export: Path) -> None:
@@ -76,7 +112,8 @@ def test_manifest_memory_budget_counts_the_graph_weights(tiny_export: Path, tiny
         assert budget["graphs"][name]["weights_bytes"] == g["weights_bytes"]
     assert budget["total_weights_bytes"] == sum(g["weights_bytes"] for g in manifest["graphs"].values())
     m = manifest["model"]
-    assert budget["embed_table_bytes"] == m["vocab_size"] * m["hidden_size"] * 2
+    table = np.load(tiny_export / "embed_tokens.npy", mmap_mode="r")
+    assert budget["embed_table_bytes"] == m["vocab_size"] * m["hidden_size"] * table.dtype.itemsize
     # one LLM graph: the transformer and the (tied) LM head once, i.e. every LLM parameter once in fp32
     expected = sum(p.numel() for p in tiny_loaded.model.llm.parameters()) * 4
     assert 0 <= manifest["graphs"]["llm"]["weights_bytes"] - expected <= 1 << 16

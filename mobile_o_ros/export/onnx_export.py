@@ -28,7 +28,7 @@ from torch import nn
 
 from mobile_o_ros import prompts, vocabulary
 from mobile_o_ros.export import graphs
-from mobile_o_ros.reference.checkpoint import LoadedCheckpoint, checkpoint_sha256
+from mobile_o_ros.reference.checkpoint import LoadedCheckpoint, checkpoint_sha256, stored_dtype
 from mobile_o_ros.reference.pipelines import answer_stop_id
 
 OPSET = 17
@@ -361,6 +361,25 @@ def _special_ids(tokenizer) -> dict[str, int | None]:
     return ids
 
 
+#: Checkpoint dtypes (safetensors names) whose values an fp16 table holds as well as they are stored.
+SIXTEEN_BIT = frozenset({"F16", "BF16"})
+
+
+def embedding_table_dtype(choice: str, stored: str | None) -> torch.dtype:
+    """The dtype of ``embed_tokens.npy``, the host's lookup table (the runtime upcasts the rows it reads).
+
+    ``auto`` is fp16 when the checkpoint stores the table in 16 bits (the released bf16 checkpoint, which
+    the released code also loads as fp16): half the host memory, and fp16 holds every bf16 value of
+    magnitude 2**-17 to 65504 exactly. An fp32 checkpoint keeps fp32, so its export stays exact to the
+    reference.
+    """
+    if choice not in ("auto", "fp16", "fp32"):
+        raise ValueError(f"embed dtype must be auto, fp16 or fp32, got {choice!r}")
+    if choice == "fp16" or (choice == "auto" and stored in SIXTEEN_BIT):
+        return torch.float16
+    return torch.float32
+
+
 def export_model(
     loaded: LoadedCheckpoint,
     out_dir: str | Path,
@@ -368,8 +387,12 @@ def export_model(
     lm_head_chunks: int | None = None,
     kv_capacity: int = DEFAULT_KV_CAPACITY,
     opset: int = OPSET,
+    embed_dtype: str = "auto",
 ) -> dict[str, Any]:
-    """Export every graph of ``loaded`` into ``out_dir`` and write ``manifest.json``; returns the manifest."""
+    """Export every graph of ``loaded`` into ``out_dir`` and write ``manifest.json``; returns the manifest.
+
+    ``embed_dtype`` (auto, fp16, fp32): see :func:`embedding_table_dtype`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = loaded.model.float().eval()
@@ -380,8 +403,9 @@ def export_model(
     for spec in graph_specs(model, chunks, names=only):
         graphs_meta[spec.name] = export_graph(spec, out_dir, opset)
 
-    # fp16 on disk (half the host memory); the runtime upcasts the rows it looks up.
-    table = model.llm.get_input_embeddings().weight.detach().to(torch.float16).numpy()
+    weight = model.llm.get_input_embeddings().weight.detach()
+    table_dtype = embedding_table_dtype(embed_dtype, stored_dtype(loaded.path, "model.embed_tokens.weight"))
+    table = weight.to(table_dtype).numpy()
     np.save(out_dir / "embed_tokens.npy", table)
     _write_tokenizer(loaded.path, out_dir)
 

@@ -84,6 +84,15 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def stored_dtype(path: Path, key: str) -> str | None:
+    """The dtype a checkpoint stores ``key`` in (safetensors' name, e.g. ``BF16``, ``F32``), or None."""
+    for f in weight_files(path):
+        with safe_open(str(f), framework="pt") as handle:
+            if key in handle.keys():  # noqa: SIM118 - safe_open is not iterable
+                return str(handle.get_slice(key).get_dtype())
+    return None
+
+
 def split_checkpoint(sd: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Checkpoint keys → per-component local keys (vision keys keep Apple names). Returns (parts, unknown)."""
     parts: dict[str, dict[str, Any]] = {c: {} for c in COMPONENTS}
