@@ -86,6 +86,8 @@ class _DriverGraphs:
         rc = self.lib.cuGraphInstantiateWithFlags(ctypes.byref(exec_), graph, 0)
         self.lib.cuGraphDestroy(graph)
         self._check(rc, "instantiate")
+        if exec_.value is None:
+            raise BackendError("cuGraphInstantiateWithFlags returned no executable graph")
         return int(exec_.value)
 
     def launch(self, graph_exec: int, stream: int) -> None:
@@ -131,6 +133,8 @@ def _static(ranges: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> bool:
 
 class _DeviceKVCache(KVCache):
     """The ``llm`` cache as two device buffers, swapped after every call (the output becomes the input)."""
+
+    backend: TensorRTBackend
 
     def __init__(self, backend: TensorRTBackend, eng: _Engine, shape: tuple[int, ...]) -> None:
         self.backend, self.graph, self.shape = backend, eng.graph, tuple(int(d) for d in shape)
@@ -188,11 +192,11 @@ class TensorRTBackend(Backend):
         self._owner_name = threading.current_thread().name
         self._closed = False
         self._engines: dict[str, _Engine] = {}
-        self._scratch = None
+        self._scratch: Any = None  # pycuda DeviceAllocation
         self.scratch_bytes = 0
-        self._stream = None
+        self._stream: Any = None  # pycuda Stream
         self._events: list[Any] = []
-        self._timings: dict[str, dict[str, float]] = {}
+        self._timings: dict[str, dict[str, Any]] = {}
         self._graph_api: _DriverGraphs | None = None
         selected = [g for g in manifest["graphs"] if graphs is None or g in graphs]
         records = self._check_engines(selected, verify_engines)
@@ -264,10 +268,11 @@ class TensorRTBackend(Backend):
     def _deserialize(self, runtime: Any, path: Path) -> Any:
         trt = self._trt
         if hasattr(trt, "IStreamReader"):
+            reader_base: Any = trt.IStreamReader
 
-            class _Reader(trt.IStreamReader):
+            class _Reader(reader_base):
                 def __init__(self, fh: Any) -> None:
-                    trt.IStreamReader.__init__(self)
+                    reader_base.__init__(self)
                     self.fh = fh
 
                 def read(self, size: int) -> bytes:
@@ -410,18 +415,16 @@ class TensorRTBackend(Backend):
 
     def _enqueue(self, eng: _Engine, profile: int, ctx: Any) -> None:
         handle = self._stream.handle
-        use_graph = self._graph_api is not None and eng.static[profile]
-        exec_ = eng.cuda_graphs.get(profile) if use_graph else None
-        if exec_:
-            self._graph_api.launch(exec_, handle)
+        graph_api = self._graph_api if eng.static[profile] else None
+        exec_ = eng.cuda_graphs.get(profile) if graph_api is not None else None
+        if graph_api is not None and exec_:
+            graph_api.launch(exec_, handle)
             return
         if not ctx.execute_async_v3(handle):
             raise BackendError(f"TensorRT execution of {eng.file} failed (execute_async_v3 returned False)")
-        if use_graph and profile not in eng.cuda_graphs:  # the call above was the warm-up enqueue
+        if graph_api is not None and profile not in eng.cuda_graphs:  # the call above was the warm-up enqueue
             try:
-                eng.cuda_graphs[profile] = self._graph_api.capture(
-                    handle, lambda: ctx.execute_async_v3(handle)
-                )
+                eng.cuda_graphs[profile] = graph_api.capture(handle, lambda: ctx.execute_async_v3(handle))
             except BackendError:
                 eng.cuda_graphs[profile] = None  # not capturable: keep enqueuing normally
 
@@ -531,7 +534,7 @@ class TensorRTBackend(Backend):
             for k, v in spans.items():
                 r[k] += v
 
-    def timings(self, reset: bool = False) -> dict[str, dict[str, float]]:
+    def timings(self, reset: bool = False) -> dict[str, dict[str, Any]]:
         """Per graph (with ``timing``): calls, GPU ms of host-to-device copies, enqueue and device-to-host
         copies (CUDA events on the backend's stream), and wall ms, also ``by_profile`` (for ``llm``: 0 the
         prefill, 1 the decode steps); ``reset`` starts a new count."""
