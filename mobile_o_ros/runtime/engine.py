@@ -127,7 +127,7 @@ class MobileORuntime:
         """Templated prompt (+ image) → inputs_embeds [L, D] with the image tokens spliced at −200."""
         ids = self.tokenizer.split_image_prompt(prompt)
         image_embeds = None if image is None else self.encode_image(image)
-        n_image = 0 if image is None else image_embeds.shape[0]
+        n_image = 0 if image_embeds is None else image_embeds.shape[0]
         length = len(ids) - (1 if image is not None else 0) + n_image
         if length + reserve > self.context_length:
             raise validation.InvalidRequest(
@@ -146,7 +146,7 @@ class MobileORuntime:
         [all-zero hidden states, conditional] → [2, N, caption_dim] (true length)."""
         n = len(inputs_embeds)
         positions = np.arange(n, dtype=np.int64)
-        feeds = {
+        feeds: dict[str, np.ndarray] = {
             "inputs_embeds": inputs_embeds[None].astype(np.float32),
             "position_ids": positions[None],
             "attention_mask": decode_mask(positions, n, self.model_info["mask_value"]),
@@ -301,7 +301,7 @@ class MobileORuntime:
                 if should_cancel is not None and should_cancel():
                     cancelled = True
                     break
-                feeds = {
+                feeds: dict[str, np.ndarray] = {
                     "inputs_embeds": step_embeds[None].astype(np.float32),
                     "position_ids": positions[None],
                     "attention_mask": decode_mask(positions, capacity, self.model_info["mask_value"]),
