@@ -1,5 +1,8 @@
 """The node's parameters: one table (:data:`PARAMETERS`) with defaults, types, ranges and descriptions.
 
+The model's own defaults (denoising steps, guidance, answer tokens) come from its ``manifest.json``; the
+``default_*`` and ``max_new_tokens`` parameters override them, and their default 0 keeps the model's.
+
 The table drives the declarations (``ParameterDescriptor`` with ranges or "one of" constraints), the
 validation of values set at run time, ``config/mobile_o.yaml`` and the README table test. rclpy is only
 imported by the functions that need it, so the table itself can be read without a ROS installation.
@@ -78,10 +81,23 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         applies="configure",
     ),
     ParamSpec("max_steps", 50, "Largest accepted number of denoising steps per request", range=(1, 1000)),
-    ParamSpec("max_new_tokens", 128, "Tokens to generate when a question request gives 0", range=(1, 4096)),
-    ParamSpec("default_steps", 20, "Denoising steps when a request gives 0", range=(1, 1000)),
     ParamSpec(
-        "default_guidance_scale", 1.5, "Classifier-free guidance when a request gives 0", range=(0.0, 50.0)
+        "max_new_tokens",
+        0,
+        "Tokens to generate when a question request gives 0; 0 = the model's default (manifest.json)",
+        range=(0, 4096),
+    ),
+    ParamSpec(
+        "default_steps",
+        0,
+        "Denoising steps when a request gives 0; 0 = the model's default (manifest.json)",
+        range=(0, 1000),
+    ),
+    ParamSpec(
+        "default_guidance_scale",
+        0.0,
+        "Classifier-free guidance when a request gives 0; 0 = the model's default (manifest.json)",
+        range=(0.0, 50.0),
     ),
     ParamSpec(
         "busy_policy",
