@@ -119,7 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # =========================================================================================== ros verbs
 def _client(args: argparse.Namespace) -> Any:
     _require_rclpy()
-    from mobile_o_ros.client import MobileOClient
+    from mobile_o_ros.ros.client import MobileOClient
 
     return MobileOClient(normalize_namespace(args.namespace), wait_timeout=args.wait)
 
@@ -149,9 +149,11 @@ def _header_dict(h: Any) -> dict[str, Any]:
 
 
 def _check(resp: Any) -> None:
-    """Raise on a failed response; warn on stderr when the node says the model never saw some words."""
-    if not resp.success:
-        raise _cli_error(resp.message or "request failed", EXIT_FAILURE)
+    """Raise unless the status is OK; warn on stderr when the node says the model never saw some words."""
+    from mobile_o_ros.ros.outcomes import Status
+
+    if resp.status != Status.OK:
+        raise _cli_error(resp.message or f"request failed ({Status(resp.status)})", EXIT_FAILURE)
     _, sep, unknown = resp.message.partition("; the model never saw: ")
     if sep:
         print(f"mobile-o: warning: the model never saw: {unknown}", file=sys.stderr)
@@ -159,20 +161,20 @@ def _check(resp: Any) -> None:
 
 def cmd_ros_ask(args: argparse.Namespace) -> int:
     """Ask a question about the latest camera frame (or --image) through the ask service/action."""
-    from mobile_o_ros.client import ClientError
+    from mobile_o_ros.ros.client import AskRequest, ClientError
 
-    image = _read_rgb(args.image) if args.image else None
+    request = AskRequest(
+        args.question,
+        image=_read_rgb(args.image) if args.image else None,
+        camera=args.camera,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
     client = _client(args)
     try:
         if args.stream:
-            call = client.ask_action(
-                args.question,
-                image=image,
-                camera=args.camera,
-                max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature,
-                seed=args.seed,
-            )
+            call = client.ask_action(request)
             printed = 0
             for fb in call.feedback(timeout=args.timeout):
                 if not args.json:
@@ -183,15 +185,7 @@ def cmd_ros_ask(args: argparse.Namespace) -> int:
             if not args.json and printed:
                 sys.stdout.write("\n")
         else:
-            resp = client.ask(
-                args.question,
-                image=image,
-                camera=args.camera,
-                max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature,
-                seed=args.seed,
-                timeout=args.timeout,
-            )
+            resp = client.ask(request, timeout=args.timeout)
         _check(resp)
         if args.json:
             print(
@@ -215,27 +209,24 @@ def cmd_ros_ask(args: argparse.Namespace) -> int:
 
 
 def _image_verb(args: argparse.Namespace, kind: str) -> int:
-    from mobile_o_ros.client import ClientError
+    from mobile_o_ros.ros.client import ClientError, EditRequest, GenerateRequest
 
     opts = {"steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed}
-    image = _read_rgb(args.image) if kind == "edit" and args.image else None
+    request: GenerateRequest | EditRequest
+    if kind == "generate":
+        request = GenerateRequest(args.prompt, **opts)
+    else:
+        image = _read_rgb(args.image) if args.image else None
+        request = EditRequest(args.instruction, image=image, camera=args.camera, **opts)
     client = _client(args)
     try:
         if args.progress:
-            call = (
-                client.generate_action(args.prompt, **opts)
-                if kind == "generate"
-                else client.edit_action(args.instruction, image=image, camera=args.camera, **opts)
-            )
+            call = client.start_goal(request)
             for fb in call.feedback(timeout=args.timeout):
                 print(f"step {fb.step}/{fb.total}", file=sys.stderr)
             resp, _status = call.result(timeout=args.timeout)
-        elif kind == "generate":
-            resp = client.generate(args.prompt, timeout=args.timeout, **opts)
         else:
-            resp = client.edit(
-                args.instruction, image=image, camera=args.camera, timeout=args.timeout, **opts
-            )
+            resp = client.call_service(request, timeout=args.timeout)
         _check(resp)
         _write_rgb(args.out, client.image_array(resp.image))
         info = {
@@ -285,7 +276,7 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
 
 def _add_gen_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output image file (PNG/JPEG by extension)")
-    p.add_argument("--steps", type=int, default=0, help="denoising steps (0 = the node's default_steps)")
+    p.add_argument("--steps", type=int, default=0, help="denoising steps (0 = the node's default)")
     p.add_argument("--guidance", type=float, default=0.0, help="guidance scale (0 = the node's default)")
     p.add_argument("--seed", type=int, default=-1, help="-1 = random")
     p.add_argument("--progress", action="store_true", help="use the action and print each denoising step")
@@ -329,7 +320,7 @@ def add_parsers(subparsers: Any) -> None:
     q.add_argument("question")
     q.add_argument("--camera", default="", help="camera topic (default: the node's first camera)")
     q.add_argument("--image", default=None, help="send this image file instead of using a camera frame")
-    q.add_argument("--max-new-tokens", type=int, default=0, help="0 = the node's max_new_tokens")
+    q.add_argument("--max-new-tokens", type=int, default=0, help="answer tokens (0 = the node's default)")
     q.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     q.add_argument("--seed", type=int, default=-1, help="-1 = random")
     q.add_argument("--stream", action="store_true", help="use the action and print tokens as they come")
