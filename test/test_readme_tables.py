@@ -82,9 +82,9 @@ def test_topics_services_and_actions_exist_with_their_types(tables, tiny_export:
     rclpy = pytest.importorskip("rclpy")
     from rclpy.action import get_action_server_names_and_types_by_node
     from rclpy.parameter import Parameter
+    from ros_support import domain_id, wait_until
 
     from mobile_o_ros.ros.mobile_o_node import MobileONode
-    from mobile_o_ros.ros.testing import domain_id, wait_until
 
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id(3))

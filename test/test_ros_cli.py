@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ros_support import serve_command
 
 from mobile_o_ros.ros import cli as ros_cli
-from mobile_o_ros.ros.testing import serve_command
 
 pytestmark = pytest.mark.runtime
 
@@ -154,9 +154,9 @@ def test_spin_ends_quietly_when_the_context_goes_down_between_its_checks() -> No
     exited 1 so); the node's spin loop takes that for the shutdown it is."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
+    from ros_support import domain_id
 
     from mobile_o_ros.ros.main import spin_until_shutdown
-    from mobile_o_ros.ros.testing import domain_id
 
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id(5))

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.timeout(600)]
 pytest.importorskip("rclpy", reason="rclpy not importable (source scripts/env.sh)")
 pytest.importorskip("mobile_o_ros.srv", reason="generated interfaces missing (make setup)")
 
-from mobile_o_ros.ros.testing import LOOPBACK_ENV, ServerProcess, domain_id  # noqa: E402
+from ros_support import LOOPBACK_ENV, ServerProcess, domain_id  # noqa: E402
 
 MODULE_INDEX = 6
 DOMAIN = domain_id(MODULE_INDEX)
@@ -35,7 +35,7 @@ RUNS = 10
 SCRIPT = """
 import sys
 import numpy as np
-from mobile_o_ros.client import MobileOClient
+from mobile_o_ros.ros.client import MobileOClient
 
 client = MobileOClient(sys.argv[1], wait_timeout=30.0)
 response = client.ask("what colour?", image=np.zeros((32, 32, 3), np.uint8), max_new_tokens=2, timeout=60)
@@ -80,8 +80,9 @@ def test_an_unclosed_client_exits_cleanly(server: ServerProcess) -> None:
 
 
 def test_words_the_model_never_saw_are_named_in_the_response(server: ServerProcess) -> None:
-    from mobile_o_ros.client import MobileOClient
-    from mobile_o_ros.ros.testing import RosSide
+    from ros_support import RosSide
+
+    from mobile_o_ros.ros.client import MobileOClient
 
     ros = RosSide(DOMAIN)
     try:

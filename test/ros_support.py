@@ -1,6 +1,7 @@
-"""Helpers for integration tests: a ``mobile-o serve`` subprocess and an rclpy context on its own domain.
+"""Test support for the ROS tests: a ``mobile-o serve`` subprocess and an rclpy context on its own domain.
 
-Used by ``test/test_ros_*.py``; importable without rclpy (rclpy is imported by :class:`RosSide`).
+Imported by ``test/test_ros_*.py`` and the other DDS tests (pytest puts ``test/`` on ``sys.path``);
+importable without rclpy (rclpy is imported by :class:`RosSide`).
 """
 
 from __future__ import annotations
@@ -33,17 +34,8 @@ def domain_id(module_index: int) -> int:
 
 
 def serve_command() -> list[str]:
-    """``python -m mobile_o_ros serve`` once the verb is wired into ``mobile-o``, else the ROS CLI module."""
-    try:
-        from mobile_o_ros.cli import build_parser
-
-        parser = build_parser()
-        for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
-            if "serve" in getattr(action, "choices", {}):
-                return [sys.executable, "-m", "mobile_o_ros"]
-    except Exception:
-        pass
-    return [sys.executable, "-m", "mobile_o_ros.ros.cli"]
+    """The ``mobile-o`` entry point as this interpreter runs it: ``python -m mobile_o_ros``."""
+    return [sys.executable, "-m", "mobile_o_ros"]
 
 
 class ServerProcess:
