@@ -42,86 +42,61 @@ def _write_image(path: str, rgb) -> None:
         raise CliError(f"cannot write image: {path}", EXIT_FAILURE)
 
 
-def _progress(total: int, enabled: bool):
-    """A tqdm bar over denoising steps on a terminal, else a no-op callback."""
+def _progress(enabled: bool):
+    """(on_step callback, close) of a tqdm bar over denoising steps on a terminal, else (None, no-op)."""
     if not enabled or not sys.stderr.isatty():
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr)
-    return (lambda step, total_: bar.update(1)), bar.close
+    bars: list[Any] = []
 
+    def on_step(step: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="denoising", unit="step", file=sys.stderr))
+        bars[0].update(1)
 
-def _is_export_dir(path: Path) -> bool:
-    return (path / "manifest.json").is_file()
+    return on_step, lambda: [bar.close() for bar in bars]
 
 
 def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
     print(json.dumps(result, indent=2) if as_json else text)
 
 
-def _reference_pipeline(model_dir: Path, dtype_name: str):
-    import torch
+def _check_model(model: str):
+    """The :class:`~mobile_o_ros.model_store.Model` a model argument names, or a CliError."""
+    from mobile_o_ros import model_store
 
-    from mobile_o_ros.reference.checkpoint import CheckpointError, load_checkpoint
-    from mobile_o_ros.reference.pipelines import ReferencePipeline
-
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     try:
-        loaded = load_checkpoint(model_dir)
-    except CheckpointError as err:
+        return model_store.resolve(model)
+    except model_store.ModelError as err:
         raise CliError(str(err)) from err
-    return ReferencePipeline(loaded.model, loaded.tokenizer, gen_dtype=dtype)
 
 
-def _runtime(model_dir: Path, backend: str):
-    """Open an export folder on ``backend``; a folder or backend that cannot load is a CliError."""
+def _pipeline(args: argparse.Namespace):
+    """(pipeline, model) for ``args.model`` on ``args.backend``; a model or backend that cannot load is a
+    CliError. The runtime backends need an export folder here (``mobile-o export`` makes one)."""
+    from mobile_o_ros import model_store
+    from mobile_o_ros.checkpoint_files import CheckpointError
     from mobile_o_ros.manifest import ManifestError
     from mobile_o_ros.runtime.backend import BackendError
-    from mobile_o_ros.runtime.engine import MobileORuntime
 
+    model = _check_model(args.model)
     try:
-        return MobileORuntime.load(model_dir, backend=backend)
-    except (ManifestError, ValueError) as err:
+        pipeline = model_store.load_pipeline(model, args.backend, args.dtype, export_checkpoint=False)
+    except (model_store.ModelError, ManifestError, CheckpointError) as err:
         raise CliError(str(err)) from err
     except (BackendError, ImportError, OSError) as err:
-        raise CliError(f"cannot load {model_dir} on {backend}: {err}", EXIT_FAILURE) from err
+        raise CliError(f"cannot load {model.path} on {args.backend}: {err}", EXIT_FAILURE) from err
+    return pipeline, model
 
 
-def _check_model(path: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise CliError(f"model not found: {path}")
-    if not p.is_dir():
-        raise CliError(f"model must be a checkpoint or export folder: {path}")
-    return p
-
-
-def _unknown_words(model_dir: Path, text: str) -> list[str]:
-    """Warn on stderr (one line) about the words of ``text`` the model never saw; return them."""
+def _unknown_words(model_dir: Path, text: str) -> tuple[list[str], str]:
+    """The words of ``text`` the model never saw, and the one-line warning naming them ("" when none)."""
     from mobile_o_ros import vocabulary
 
     vocab = vocabulary.load(model_dir)
     unknown = [] if vocab is None else vocab.unknown(text)
-    if unknown:
-        print(f"mobile-o: warning: {vocab.warning(unknown)}", file=sys.stderr)
-    return unknown
-
-
-def _seed(seed: int | None) -> int:
-    import random
-
-    s = validation.check_seed(seed)
-    return random.SystemRandom().randrange(2**31) if s is None else s
-
-
-def _backend(args: argparse.Namespace, model_dir: Path) -> str:
-    """The backend to run on: ``auto`` is onnxruntime for an export folder and torch for a checkpoint."""
-    if args.backend == "auto":
-        return "onnxruntime" if _is_export_dir(model_dir) else "torch"
-    if args.backend == "torch" and _is_export_dir(model_dir):
-        raise CliError(f"{model_dir} is an export folder: use --backend onnxruntime (or tensorrt)")
-    return args.backend
+    return unknown, f"mobile-o: warning: {vocab.warning(unknown)}" if unknown else ""
 
 
 # ------------------------------------------------------------------------------------------- verbs
@@ -139,10 +114,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if bool(args.model) == bool(args.config):
         raise CliError("give either MODEL or --config NAME")
     validation.check_steps(args.steps)
-    if args.model:
-        _check_model(args.model)
+    model = _check_model(args.model).path if args.model else None
     try:
-        report = inspect_target(args.model, args.config, args.steps)
+        report = inspect_target(model, args.config, args.steps)
     except (OSError, ValueError, KeyError) as err:
         raise CliError(f"cannot inspect {args.model or args.config}: {err}") from err
     if args.json:
@@ -161,93 +135,67 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validate_gen_args(args: argparse.Namespace) -> None:
-    validation.check_steps(args.steps)
-    validation.check_guidance(args.guidance)
-
-
 def _image_task(args: argparse.Namespace, text: str, source=None) -> int:
     """Shared body of ``generate`` (``source`` None) and ``edit``: run, write the PNG, report."""
-    _validate_gen_args(args)
-    model_dir = _check_model(args.model)
-    seed = _seed(args.seed)
-    backend = _backend(args, model_dir)
-    unknown = _unknown_words(model_dir, text)
-    options = {"steps": args.steps, "guidance_scale": args.guidance, "seed": seed}
-    callback, close = _progress(args.steps, not args.json)
+    pipeline, model = _pipeline(args)
+    unknown, warning = _unknown_words(model.path, text)
+    on_step, close = _progress(not args.json)
+    options = {"steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed, "on_step": on_step}
     t0 = time.perf_counter()
     try:
-        if backend != "torch":
-            runtime = _runtime(model_dir, backend)
-            result = (
-                runtime.generate(text, on_step=callback, **options)
-                if source is None
-                else runtime.edit(source, text, on_step=callback, **options)
-            )
-            image = result.image
-        else:
-            pipe = _reference_pipeline(model_dir, args.dtype)
-            image = (
-                pipe.generate(text, callback=callback, **options)
-                if source is None
-                else pipe.edit(source, text, callback=callback, **options)
-            )
+        result = (
+            pipeline.generate(text, **options) if source is None else pipeline.edit(source, text, **options)
+        )
     finally:
         close()
-    _write_image(args.output, image)
+    _write_image(args.output, result.image)
     latency = (time.perf_counter() - t0) * 1000
-    report = {"output": args.output, **options, "latency_ms": round(latency, 1), "unknown_words": unknown}
-    _emit(report, args.json, f"wrote {args.output} (seed {seed}, {latency:.0f} ms)")
+    if warning:
+        print(warning, file=sys.stderr)
+    report = {
+        "output": args.output,
+        "steps": result.steps,
+        "guidance_scale": result.guidance_scale,
+        "seed": result.seed,
+        "latency_ms": round(latency, 1),
+        "unknown_words": unknown,
+    }
+    _emit(report, args.json, f"wrote {args.output} (seed {result.seed}, {latency:.0f} ms)")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    return _image_task(args, validation.check_text(args.prompt, "prompt"))
+    return _image_task(args, args.prompt)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    instruction = validation.check_text(args.instruction, "instruction")
-    _validate_gen_args(args)
-    return _image_task(args, instruction, source=_read_image(args.image))
+    return _image_task(args, args.instruction, source=_read_image(args.image))
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    question = validation.check_text(args.question, "question")
-    validation.check_max_new_tokens(args.max_new_tokens)
-    temperature = validation.check_temperature(args.temperature)
-    validation.check_top_p(args.top_p)
     image = _read_image(args.image)
-    model_dir = _check_model(args.model)
-    seed = _seed(args.seed)
-    backend = _backend(args, model_dir)
-    unknown = _unknown_words(model_dir, question)
+    pipeline, model = _pipeline(args)
+    unknown, warning = _unknown_words(model.path, args.question)
     t0 = time.perf_counter()
-    if backend != "torch":
-        res = _runtime(model_dir, backend).ask(
-            image,
-            question,
-            max_new_tokens=args.max_new_tokens,
-            temperature=temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            seed=seed,
-        )
-        text, n = res.answer, res.num_tokens
-    else:
-        pipe = _reference_pipeline(model_dir, "fp32")
-        ans = pipe.answer(
-            image,
-            question,
-            max_new_tokens=args.max_new_tokens,
-            temperature=temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            seed=seed,
-        )
-        text, n = ans.text, len(ans.token_ids)
+    res = pipeline.ask(
+        image,
+        args.question,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
     latency = (time.perf_counter() - t0) * 1000
-    result = {"answer": text, "num_tokens": n, "seed": seed, "latency_ms": round(latency, 1)}
-    _emit({**result, "unknown_words": unknown}, args.json, text)
+    if warning:
+        print(warning, file=sys.stderr)
+    result = {
+        "answer": res.answer,
+        "num_tokens": res.num_tokens,
+        "seed": res.seed,
+        "latency_ms": round(latency, 1),
+    }
+    _emit({**result, "unknown_words": unknown}, args.json, res.answer)
     return 0
 
 
@@ -255,7 +203,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mobile_o_ros.export.onnx_export import export_model
     from mobile_o_ros.reference.checkpoint import CheckpointError, load_checkpoint
 
-    model_dir = _check_model(args.model)
+    model_dir = _check_model(args.model).path
     try:
         loaded = load_checkpoint(model_dir)
     except CheckpointError as err:
@@ -305,8 +253,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     if not (args.checkpoint and args.export_dir):
         raise CliError("give CHECKPOINT EXPORT_DIR (or --config NAME for random weights)")
     try:
-        loaded = load_checkpoint(_check_model(args.checkpoint))
-        runtime = MobileORuntime.load(_check_model(args.export_dir), backend="onnxruntime", verify=True)
+        loaded = load_checkpoint(_check_model(args.checkpoint).path)
+        runtime = MobileORuntime.load(_check_model(args.export_dir).path, backend="onnxruntime", verify=True)
     except (CheckpointError, ManifestError) as err:
         raise CliError(str(err)) from err
     report = parity_report(loaded, runtime, steps=args.steps)
@@ -343,8 +291,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- parser
 def _add_gen_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance", type=float, default=1.5, help="CFG scale (default 1.5)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps (default: the model's, 20 for the released one)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="CFG scale (default: the model's, 1.5 for the released one)",
+    )
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: random; -1 = random)")
     p.add_argument("-o", "--output", required=True, help="output PNG path")
 
@@ -389,8 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--image", required=True)
     p.add_argument("question")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="answer tokens at most (default: the model's, 256 for the released one)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="0 = greedy (default: the model's, greedy for all ours)",
+    )
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--seed", type=int, default=None)

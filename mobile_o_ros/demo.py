@@ -18,14 +18,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from mobile_o_ros import model_store
+from mobile_o_ros.manifest import load_manifest
+from mobile_o_ros.scenes import Check, Prompt, Scene
 
 NAMESPACE = "/mobile_o_demo"
 CAMERA_TOPIC = "/demo/camera/image_raw"
@@ -39,11 +41,6 @@ NUM_QUESTIONS = 6
 
 
 # ------------------------------------------------------------------------------------------- model
-def cache_dir() -> Path:
-    """Where exports are cached: ``$MOBILE_O_CACHE`` or ``~/.cache/mobile_o_ros``."""
-    return Path(os.environ.get("MOBILE_O_CACHE", Path.home() / ".cache" / "mobile_o_ros"))
-
-
 def _ask_when_frame_arrives(client: Any, question: str, wait_s: float = 30.0) -> Any:
     """Ask about the demo camera; while the node has not received its first frame yet (DDS discovery
     takes a moment after start-up), wait and ask again, up to ``wait_s``."""
@@ -56,85 +53,23 @@ def _ask_when_frame_arrives(client: Any, question: str, wait_s: float = 30.0) ->
         time.sleep(0.2)
 
 
-def embedded_checkpoint() -> tuple[Path, str]:
-    """The embedded shapes model when shipped, else a tiny random checkpoint (made once, cached)."""
-    try:
-        from mobile_o_ros.shapes import embedded_model_dir
-
-        path = embedded_model_dir()
-        if (path / "model.safetensors").is_file():
-            return path, (
-                "embedded shapes model (mobile_o_ros/models/shapes): a small Mobile-O trained from a seed on"
-                " 2 CPU cores (~26 min on ours, up to ~2.5x that on slower ones); held-out scores in its"
-                " MODEL_CARD.md"
-            )
-    except ImportError:
-        pass
-    from mobile_o_ros.reference.tiny import make_tiny_checkpoint
-
-    path = cache_dir() / "tiny_random"
-    if not (path / "model.safetensors").is_file():
-        make_tiny_checkpoint(path, seed=0)
-    return path, "tiny random checkpoint (no trained embedded model found: answers and images are noise)"
-
-
-def exported(checkpoint: Path) -> Path:
-    """Export ``checkpoint`` to ONNX once; cached by the checkpoint's sha256."""
-    from mobile_o_ros.checkpoint_files import checkpoint_sha256
-    from mobile_o_ros.manifest import is_current
-
-    out = cache_dir() / "exports" / checkpoint_sha256(checkpoint)[:16]
-    if is_current(out):  # an export of an older manifest version is made again
-        return out
-    from mobile_o_ros.export.onnx_export import export_model
-    from mobile_o_ros.reference.checkpoint import load_checkpoint
-
-    tmp = out.with_suffix(".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    export_model(load_checkpoint(checkpoint), tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
-
-
 def resolve_model(model: str | None) -> tuple[Path, str]:
-    """(export folder, description) for ``--model`` (checkpoint or export folder) or the embedded model."""
-    if model:
-        path = Path(model)
-        if (path / "manifest.json").is_file():
-            return path, f"export folder {path}"
-        if (path / "config.json").is_file():
-            return exported(path), f"checkpoint {path}"
-        raise SystemExit(f"mobile-o: error: {model} is neither a checkpoint nor an export folder")
-    checkpoint, description = embedded_checkpoint()
-    return exported(checkpoint), description
+    """(export folder, description) for ``--model`` (a model argument of the model store) or, without one,
+    the embedded model; a tiny random checkpoint when the embedded model is not trained in this tree.
+    The export comes from the store (made once per checkpoint and cached)."""
+    if model is None and not model_store.embedded_is_trained():
+        ref = model_store.resolve(model_store.TINY_RANDOM)
+        description = "tiny random checkpoint (no trained embedded model found: answers and images are noise)"
+    else:
+        try:
+            ref = model_store.resolve(model)
+        except model_store.ModelError as err:
+            raise SystemExit(f"mobile-o: error: {err}") from err
+        description = ref.description
+    return model_store.export_of(ref), description
 
 
 # ------------------------------------------------------------------------------------------- scenes
-#: A checker of an output image: (right?, what was seen), e.g. the shapes-world detector.
-Check = Callable[[np.ndarray], tuple[bool, str]]
-
-
-@dataclass
-class Scene:
-    """A synthetic camera frame with questions whose answers are known (and, optionally, an edit
-    instruction that applies to it with a checker of the edited image)."""
-
-    image: np.ndarray
-    caption: str
-    qa: list[tuple[str, str]] = field(default_factory=list)
-    edit: str | None = None
-    edit_check: Check | None = None
-
-
-@dataclass
-class Prompt:
-    """A generation prompt, optionally with a checker of the generated image."""
-
-    text: str
-    check: Check | None = None
-
-
 _COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 
 
@@ -345,13 +280,15 @@ figure img{width:240px;height:240px;object-fit:cover} .meta{color:#5a6275;font-s
 
 
 # ------------------------------------------------------------------------------------------- main
-def run_demo(out_dir: Path, model: str | None = None, steps: int = 20) -> int:
-    """Run the demo end to end; returns a process exit code."""
+def run_demo(out_dir: Path, model: str | None = None, steps: int | None = None) -> int:
+    """Run the demo end to end (``steps`` None: the model's default); returns a process exit code."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     (out_dir / "images").mkdir(parents=True)
-    export_dir, description = resolve_model(model)
+    export_dir, description = resolve_model(model or None)
+    if steps is None:
+        steps = int(load_manifest(export_dir)["defaults"]["steps"])
     print(f"model: {description}\nexport: {export_dir}", flush=True)
 
     import rclpy

@@ -1,11 +1,17 @@
-"""Request validation shared by the CLI, the runtime and the ROS nodes (torch-free).
+"""Request validation (torch-free): each check raises :class:`InvalidRequest` with a one-line reason.
 
-Each check raises :class:`InvalidRequest` with a one-line, specific reason.
+The pipelines (:class:`~mobile_o_ros.results.Pipeline`) are the boundary: each ``ask`` calls
+:func:`check_ask` once and each ``generate`` or ``edit`` :func:`check_image_request` once, which fill in the
+model's defaults and check every value. Callers check only what a pipeline cannot know (a node's limits,
+a camera, a file).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+from mobile_o_ros.model_config import Defaults
 
 
 class InvalidRequest(ValueError):
@@ -75,3 +81,72 @@ def check_seed(seed: int | None) -> int | None:
     if s < 0 or s >= 2**63:
         raise InvalidRequest(f"seed must be -1 (random) or in [0, 2**63), got {seed}")
     return s
+
+
+def check_top_k(top_k: int) -> int:
+    """top_k >= 0 (0 = off)."""
+    k = int(top_k)
+    if k < 0:
+        raise InvalidRequest(f"top_k must be >= 0 (0 = off), got {top_k}")
+    return k
+
+
+@dataclass(frozen=True)
+class AskRequest:
+    """A checked question request; ``seed`` None means random."""
+
+    question: str
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A checked generation or editing request; ``text`` is the prompt or instruction."""
+
+    text: str
+    steps: int
+    guidance_scale: float
+    seed: int | None
+
+
+def check_ask(
+    question: str,
+    max_new_tokens: int | None,
+    temperature: float | None,
+    top_p: float,
+    top_k: int,
+    seed: int | None,
+    defaults: Defaults,
+) -> AskRequest:
+    """Check a question request; ``max_new_tokens`` None or 0 and ``temperature`` None are the model's
+    defaults."""
+    return AskRequest(
+        question=check_text(question, "question"),
+        max_new_tokens=check_max_new_tokens(max_new_tokens or defaults.max_new_tokens),
+        temperature=check_temperature(defaults.temperature if temperature is None else temperature),
+        top_p=check_top_p(top_p),
+        top_k=check_top_k(top_k),
+        seed=check_seed(seed),
+    )
+
+
+def check_image_request(
+    text: str,
+    what: str,
+    steps: int | None,
+    guidance_scale: float | None,
+    seed: int | None,
+    defaults: Defaults,
+) -> ImageRequest:
+    """Check a generation (``what`` = "prompt") or editing ("instruction") request; ``steps`` and
+    ``guidance_scale`` None are the model's defaults."""
+    return ImageRequest(
+        text=check_text(text, what),
+        steps=check_steps(defaults.steps if steps is None else steps),
+        guidance_scale=check_guidance(defaults.guidance_scale if guidance_scale is None else guidance_scale),
+        seed=check_seed(seed),
+    )

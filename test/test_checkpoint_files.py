@@ -1,10 +1,9 @@
-"""A checkpoint's files and digest without torch, and the self-test's export cache read through them."""
+"""A checkpoint's files and digest without torch."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -37,20 +36,3 @@ def test_missing_and_corrupt_checkpoints_are_named(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors.index.json").write_text("not json")
     with pytest.raises(CheckpointError, match="corrupt"):
         weight_files(tmp_path)
-
-
-def test_selftest_reads_a_cached_export_of_the_embedded_model_without_torch(
-    tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A robot without torch scores the embedded model from an export cached by a workstation."""
-    from mobile_o_ros.shapes import embedded_model_dir, selftest
-
-    model = embedded_model_dir()
-    sha = checkpoint_sha256(model)
-    cached = tmp_path / f"export-{model.name}-{sha[:16]}"
-    shutil.copytree(tiny_export, cached)
-    manifest = json.loads((cached / "manifest.json").read_text())
-    manifest["source_checkpoint"] = {"path": str(model), "sha256": sha}
-    (cached / "manifest.json").write_text(json.dumps(manifest))
-    monkeypatch.setenv("MOBILE_O_CACHE", str(tmp_path))
-    assert selftest.cached_export(model) == cached

@@ -131,7 +131,7 @@ def test_edit_scoring() -> None:
 
 # ------------------------------------------------------------------------------------------- demo scenes
 def test_demo_scenes_are_heldout_camera_frames() -> None:
-    from mobile_o_ros.demo import Scene
+    from mobile_o_ros.scenes import Scene
     from mobile_o_ros.shapes.demo_scenes import DEMO_OFFSET, demo_scenes
 
     scenes = demo_scenes(3)
@@ -174,7 +174,7 @@ def test_cli_verbs_are_registered(verb: str, capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["selftest", "{missing}"], "model folder not found: {missing}"),
+        (["selftest", "{missing}"], "model not found: {missing}"),
         (["selftest", "--limit", "0"], "--limit must be at least 1"),
         (["selftest", "--tasks", "foo"], "unknown task(s) foo"),
         (["selftest", "--tasks", "vqa,foo", "{missing}"], "unknown task(s) foo"),
@@ -224,13 +224,13 @@ def _card_scores(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def small_selftest() -> dict:
     pytest.importorskip("torch")
+    from mobile_o_ros import model_store
     from mobile_o_ros.shapes import selftest
 
     path = _shipped()
     from mobile_o_ros.shapes.card import SMALL_SAMPLE
 
-    engine = selftest.load_engine(path, "torch")
-    return selftest.run_selftest(engine, SMALL_SAMPLE)
+    return selftest.run_selftest(model_store.load_pipeline(path, "torch"), SMALL_SAMPLE)
 
 
 def test_selftest_small_sample_matches_model_card(small_selftest: dict) -> None:

@@ -59,7 +59,7 @@ def test_answer_stops_at_another_eos_token(
 
     n, seeds = tiny_loaded.config.defaults.max_new_tokens, range(12)
     pipe = ReferencePipeline(tiny_loaded.model, tiny_loaded.tokenizer)
-    ref_full = {s: pipe.answer(image, QUESTION, n, temperature=1.0, seed=s).token_ids for s in seeds}
+    ref_full = {s: pipe.ask(image, QUESTION, n, temperature=1.0, seed=s).token_ids for s in seeds}
     rt_full = {s: tiny_runtime.ask(image, QUESTION, n, temperature=1.0, seed=s).token_ids for s in seeds}
     assert all(len(ids) == n for ids in [*ref_full.values(), *rt_full.values()])  # no <|im_end|> drawn
     ref_at, rt_at = (
@@ -83,7 +83,7 @@ def test_answer_stops_at_another_eos_token(
         prompt, tiny_loaded.tokenizer
     )
     seed, k = ref_at[stop_id]
-    ref = ReferencePipeline(loaded.model, loaded.tokenizer).answer(
+    ref = ReferencePipeline(loaded.model, loaded.tokenizer).ask(
         image, QUESTION, n, temperature=1.0, seed=seed
     )
     assert ref.token_ids == ref_full[seed][:k]

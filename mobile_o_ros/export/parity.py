@@ -161,29 +161,30 @@ def graph_parity(
     return results
 
 
-@torch.inference_mode()
 def end_to_end_parity(
     loaded: LoadedCheckpoint, runtime: MobileORuntime, steps: int = 4, seed: int = 0
 ) -> dict[str, Any]:
-    """Greedy answers (identical ids) and images from the same seed (PSNR) on both stacks."""
-    pipe = ReferencePipeline(loaded.model.float(), loaded.tokenizer, gen_dtype=torch.float32)
+    """Greedy answers (identical ids) and images from the same seed (PSNR): the same requests to the
+    reference and the runtime pipelines, each with the model's defaults."""
+    reference = ReferencePipeline(loaded.model.float(), loaded.tokenizer, gen_dtype=torch.float32)
     image = test_image(seed=seed + 1)
-    question = "what colour is the square?"
-    ref_ans = pipe.answer(image, question, max_new_tokens=runtime.defaults["max_new_tokens"])
-    rt_ans = runtime.ask(image, question, max_new_tokens=runtime.defaults["max_new_tokens"], seed=seed)
-    ref_gen = pipe.generate("a blue triangle at the top", steps=steps, seed=seed)
-    rt_gen = runtime.generate("a blue triangle at the top", steps=steps, seed=seed).image
-    ref_edit = pipe.edit(image, "make the square green", steps=steps, seed=seed)
-    rt_edit = runtime.edit(image, "make the square green", steps=steps, seed=seed).image
+    ref, rt = (
+        {
+            "ask": pipe.ask(image, "what colour is the square?", seed=seed),
+            "generate": pipe.generate("a blue triangle at the top", steps=steps, seed=seed).image,
+            "edit": pipe.edit(image, "make the square green", steps=steps, seed=seed).image,
+        }
+        for pipe in (reference, runtime)
+    )
     return {
         "answer": {
-            "reference": ref_ans.text,
-            "runtime": rt_ans.answer,
-            "identical_ids": ref_ans.token_ids == rt_ans.token_ids,
-            "num_tokens": len(ref_ans.token_ids),
+            "reference": ref["ask"].answer,
+            "runtime": rt["ask"].answer,
+            "identical_ids": ref["ask"].token_ids == rt["ask"].token_ids,
+            "num_tokens": ref["ask"].num_tokens,
         },
-        "generate": {"psnr_db": psnr(ref_gen, rt_gen), "steps": steps},
-        "edit": {"psnr_db": psnr(ref_edit, rt_edit), "steps": steps},
+        "generate": {"psnr_db": psnr(ref["generate"], rt["generate"]), "steps": steps},
+        "edit": {"psnr_db": psnr(ref["edit"], rt["edit"]), "steps": steps},
     }
 
 

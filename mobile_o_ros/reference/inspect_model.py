@@ -104,7 +104,7 @@ def _component_of(key: str) -> str | None:
     return next((c for c, d in parts.items() if d), None)
 
 
-def inspect_target(model: str | None, config: str | None, steps: int) -> dict[str, Any]:
+def inspect_target(model: str | Path | None, config: str | None, steps: int) -> dict[str, Any]:
     """Dispatch for the CLI: a preset name or a checkpoint folder."""
     if config:
         return inspect_config(preset(config), steps)

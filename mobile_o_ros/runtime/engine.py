@@ -7,8 +7,6 @@ flow scheduler, CFG combine and latent math in fp32, token sampling. Engines run
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,38 +14,13 @@ import numpy as np
 
 from mobile_o_ros import prompts, validation, vocabulary
 from mobile_o_ros.manifest import load_manifest
+from mobile_o_ros.model_config import Defaults
+from mobile_o_ros.results import AskResult, CancelCheck, ImageResult, StepCallback, TokenCallback
 from mobile_o_ros.runtime.backend import Backend
 from mobile_o_ros.runtime.preprocess import preprocess_image
 from mobile_o_ros.runtime.sampling import initial_latents, make_rng, sample_next_token
 from mobile_o_ros.runtime.scheduler import FlowDPMSolverScheduler
 from mobile_o_ros.runtime.tokenizer import IncrementalDecoder, TextTokenizer
-
-StepCallback = Callable[[int, int], None]
-TokenCallback = Callable[[str, int], None]
-CancelCheck = Callable[[], bool]
-
-
-@dataclass
-class AskResult:
-    """A VQA answer; ``cancelled`` when stopped early (``answer`` then holds the text so far)."""
-
-    answer: str
-    num_tokens: int
-    seed: int
-    token_ids: list[int] = field(default_factory=list)
-    cancelled: bool = False
-    prompt_tokens: int = 0
-
-
-@dataclass
-class ImageResult:
-    """A generated or edited image (uint8 [H, W, 3] RGB), or ``None`` with ``cancelled``."""
-
-    image: np.ndarray | None
-    seed: int
-    steps: int
-    cancelled: bool = False
-    prompt_tokens: int = 0
 
 
 def postprocess(image: np.ndarray) -> np.ndarray:
@@ -76,7 +49,8 @@ def make_backend(export_dir: Path, manifest: dict[str, Any], backend: str, **opt
 
 
 class MobileORuntime:
-    """Visual question answering, generation and editing on exported graphs.
+    """Visual question answering, generation and editing on exported graphs: a
+    :class:`~mobile_o_ros.results.Pipeline`, like the torch reference.
 
     Not thread-safe: one worker thread owns an instance (and the backend's device context).
     """
@@ -85,6 +59,7 @@ class MobileORuntime:
         self.export_dir = Path(export_dir)
         self.manifest = manifest
         self.backend = backend
+        self.name = backend.name
         m = manifest["model"]
         self.model_info = m
         self.tokenizer = TextTokenizer.from_file(self.export_dir / "tokenizer.json")
@@ -96,7 +71,8 @@ class MobileORuntime:
             int(m.get("max_position_embeddings", 2048)), int(m.get("context_length", 2048))
         )
         self.image_size = int(manifest["image"]["size"])
-        self.defaults = manifest["defaults"]
+        #: The model's sampling defaults, as the export recorded them from its config.
+        self.defaults = Defaults(**manifest["defaults"])
         self.scheduler = FlowDPMSolverScheduler(manifest["scheduler"])
         self.vocabulary = vocabulary.load(self.export_dir)
 
@@ -200,28 +176,29 @@ class MobileORuntime:
         self,
         prompt: str,
         image: np.ndarray | None,
-        steps: int | None,
-        guidance_scale: float | None,
-        seed: int | None,
+        request: validation.ImageRequest,
         latents: np.ndarray | None,
         on_step: StepCallback | None,
         should_cancel: CancelCheck | None,
     ) -> ImageResult:
-        steps = validation.check_steps(self.defaults["steps"] if steps is None else steps)
-        g = validation.check_guidance(
-            self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        )
-        _, used_seed = make_rng(validation.check_seed(seed))
+        _, used_seed = make_rng(request.seed)
         embeds = self.prompt_embeddings(prompt, image)
         noise = self.initial_latents(used_seed) if latents is None else np.asarray(latents, dtype=np.float32)
-        out = self.denoise(self.conditioning(embeds), noise, steps, g, on_step, should_cancel)
+        cond = self.conditioning(embeds)
+        out = self.denoise(cond, noise, request.steps, request.guidance_scale, on_step, should_cancel)
+        made = {
+            "seed": used_seed,
+            "steps": request.steps,
+            "guidance_scale": request.guidance_scale,
+            "prompt_tokens": len(embeds),
+        }
         if out is None:
-            return ImageResult(None, used_seed, steps, cancelled=True, prompt_tokens=len(embeds))
-        return ImageResult(self.decode(out), used_seed, steps, prompt_tokens=len(embeds))
+            return ImageResult(None, cancelled=True, **made)
+        return ImageResult(self.decode(out), **made)
 
     def generate(
         self,
-        caption: str,
+        prompt: str,
         steps: int | None = None,
         guidance_scale: float | None = None,
         seed: int | None = None,
@@ -230,16 +207,9 @@ class MobileORuntime:
         should_cancel: CancelCheck | None = None,
     ) -> ImageResult:
         """Text to an RGB image at the model's output size (512×512 for the released model)."""
-        caption = validation.check_text(caption, "prompt")
+        request = validation.check_image_request(prompt, "prompt", steps, guidance_scale, seed, self.defaults)
         return self._image_task(
-            prompts.generation_prompt(caption),
-            None,
-            steps,
-            guidance_scale,
-            seed,
-            latents,
-            on_step,
-            should_cancel,
+            prompts.generation_prompt(request.text), None, request, latents, on_step, should_cancel
         )
 
     def edit(
@@ -255,16 +225,11 @@ class MobileORuntime:
     ) -> ImageResult:
         """Image + instruction to a new image (the source enters as the vision tokens: 256 for the released
         model)."""
-        instruction = validation.check_text(instruction, "instruction")
+        request = validation.check_image_request(
+            instruction, "instruction", steps, guidance_scale, seed, self.defaults
+        )
         return self._image_task(
-            prompts.edit_prompt(instruction),
-            image,
-            steps,
-            guidance_scale,
-            seed,
-            latents,
-            on_step,
-            should_cancel,
+            prompts.edit_prompt(request.text), image, request, latents, on_step, should_cancel
         )
 
     def ask(
@@ -272,7 +237,7 @@ class MobileORuntime:
         image: np.ndarray | None,
         question: str,
         max_new_tokens: int | None = None,
-        temperature: float = 0.0,
+        temperature: float | None = None,
         top_p: float = 1.0,
         top_k: int = 0,
         seed: int | None = None,
@@ -280,14 +245,16 @@ class MobileORuntime:
         should_cancel: CancelCheck | None = None,
     ) -> AskResult:
         """Answer a question about an image (or a text-only question when ``image`` is None)."""
-        question = validation.check_text(question, "question")
-        n_new = validation.check_max_new_tokens(
-            max_new_tokens if max_new_tokens else self.defaults["max_new_tokens"]
+        request = validation.check_ask(
+            question, max_new_tokens, temperature, top_p, top_k, seed, self.defaults
         )
-        temperature = validation.check_temperature(temperature)
-        top_p = validation.check_top_p(top_p)
-        rng, used_seed = make_rng(validation.check_seed(seed))
-        prompt = prompts.vqa_prompt(question) if image is not None else prompts.chat_prompt(question)
+        n_new = request.max_new_tokens
+        rng, used_seed = make_rng(request.seed)
+        prompt = (
+            prompts.vqa_prompt(request.question)
+            if image is not None
+            else prompts.chat_prompt(request.question)
+        )
         embeds = self.prompt_embeddings(prompt, image, reserve=n_new)
         capacity = int(math.ceil((len(embeds) + n_new) / 64) * 64)
         positions = np.arange(len(embeds), dtype=np.int64)
@@ -307,7 +274,7 @@ class MobileORuntime:
                     "attention_mask": decode_mask(positions, capacity, self.model_info["mask_value"]),
                 }
                 logits = kv.run(feeds, outputs=("logits",))["logits"]
-                token = sample_next_token(logits[0], temperature, top_p, top_k, rng)
+                token = sample_next_token(logits[0], request.temperature, request.top_p, request.top_k, rng)
                 if token == self.eos_id:
                     break
                 ids.append(token)

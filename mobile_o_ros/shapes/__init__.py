@@ -10,13 +10,6 @@ The trained checkpoint ships in ``mobile_o_ros/models/shapes`` (see its ``MODEL_
 
 from __future__ import annotations
 
-from pathlib import Path
+from mobile_o_ros.model_store import embedded_model_dir
 
-
-def embedded_model_dir() -> Path:
-    """The folder of the shipped shapes checkpoint (config.json, model.safetensors, tokenizer files).
-
-    The folder may be absent in a source tree where the model has not been trained yet; callers check
-    ``(embedded_model_dir() / "model.safetensors").is_file()``.
-    """
-    return Path(__file__).resolve().parent.parent / "models" / "shapes"
+__all__ = ["embedded_model_dir"]

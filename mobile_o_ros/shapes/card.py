@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mobile_o_ros import model_store
 from mobile_o_ros.model_config import config_from_checkpoint_json
 from mobile_o_ros.shapes import selftest, world
 
@@ -39,11 +40,11 @@ def record_scores(
     and ``MODEL_CARD.md`` into it; return the scores."""
     scores: dict[str, Any] = {"full": {}, "small_sample": {}, "small_sample_limits": SMALL_SAMPLE}
     for backend in backends:
-        engine = selftest.load_engine(model_dir, backend, progress=log)
-        full = selftest.run_selftest(engine, progress=log)
+        pipeline = model_store.load_pipeline(model_dir, backend, progress=log)
+        full = selftest.run_selftest(pipeline, progress=log)
         scores["full"][backend] = full
         log(selftest.format_report(full))
-        small = selftest.run_selftest(engine, SMALL_SAMPLE)
+        small = selftest.run_selftest(pipeline, SMALL_SAMPLE)
         scores["small_sample"][backend] = small["scores"]
     (model_dir / "selftest_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     write_card(model_dir, scores)

@@ -44,7 +44,9 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
 
 def cmd_selftest(args: argparse.Namespace) -> int:
     """Score a model (default: the embedded one) on held-out shapes-world tasks."""
-    from mobile_o_ros import validation
+    from mobile_o_ros import model_store, validation
+    from mobile_o_ros.checkpoint_files import CheckpointError
+    from mobile_o_ros.manifest import ManifestError
     from mobile_o_ros.shapes import selftest
 
     try:
@@ -63,19 +65,21 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     unknown = [t for t in tasks if t not in ("vqa", "generation", "editing")]
     if unknown:
         raise CliError(f"unknown task(s) {', '.join(unknown)} (vqa, generation, editing)")
-    if args.model is not None and not Path(args.model).is_dir():
-        raise CliError(f"model folder not found: {args.model}")
+    try:
+        model = model_store.resolve(args.model)
+    except model_store.ModelError as err:
+        raise CliError(str(err)) from err
     for line in selftest.plan({**selftest.DEFAULT_LIMITS, **(limits or {})}, tasks):
         print(f"selftest: {line}", file=sys.stderr, flush=True)
     progress = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     try:
-        engine = selftest.load_engine(
-            args.model, args.backend, steps=args.steps, guidance=args.guidance, progress=progress
-        )
-    except (FileNotFoundError, ValueError) as err:
+        pipeline = model_store.load_pipeline(model, args.backend, progress=progress)
+    except (model_store.ModelError, ManifestError, CheckpointError) as err:
         raise CliError(str(err)) from err
     save = Path(args.save_images) if args.save_images else None
-    result = selftest.run_selftest(engine, limits, tasks, progress, save)
+    result = selftest.run_selftest(
+        pipeline, limits, tasks, progress, save, steps=args.steps, guidance_scale=args.guidance
+    )
     result["model"] = str(args.model) if args.model else "embedded"
     print(json.dumps(result, indent=2) if args.json else selftest.format_report(result))
     if args.strict and not all(result["meets_targets"].values()):
@@ -104,7 +108,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "selftest", help="score a model on held-out shapes-world VQA, generation, editing"
     )
     p.add_argument(
-        "model", nargs="?", default=None, help="checkpoint or export folder (default: embedded model)"
+        "model",
+        nargs="?",
+        default=None,
+        help="checkpoint or export folder, or a name: embedded (default), tiny-random",
     )
     p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch")
     p.add_argument(

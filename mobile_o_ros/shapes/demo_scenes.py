@@ -8,14 +8,11 @@ VQA, generation and editing sets, so the demo never shows a training scene.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
 
+import numpy as np
+
+from mobile_o_ros.scenes import Prompt, Scene
 from mobile_o_ros.shapes import world
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from mobile_o_ros.demo import Prompt, Scene
 
 #: Offset of the demo's scenes inside the held-out range (the self-test uses 0, 100 000 and 200 000).
 DEMO_OFFSET = 300_000
@@ -32,8 +29,6 @@ def demo_scenes(n: int, seed: int = 0) -> list[Scene]:
     Deterministic in ``(n, seed)``. The question list of scene ``i`` is rotated by ``i``, so a demo that asks
     only the first question or two of each scene still covers several categories.
     """
-    from mobile_o_ros.demo import Scene  # demo.py imports this module lazily: no import cycle
-
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if seed < 0:
@@ -60,8 +55,6 @@ def demo_scenes(n: int, seed: int = 0) -> list[Scene]:
 
 def demo_prompts(n: int, seed: int = 0) -> list[Prompt]:
     """Captions of ``n`` held-out scenes (after the camera's), each with the detector as its checker."""
-    from mobile_o_ros.demo import Prompt
-
     out = []
     for i in range(n):
         scene = world.make_scene(world.HELDOUT_SEED_BASE + DEMO_OFFSET + SEED_STRIDE * seed + 500 + i)

@@ -8,24 +8,24 @@
   right when the asked change happened and the rest stayed, per kind and overall.
 
 Every item uses fixed seeds and the same initial noise on every backend (drawn here with numpy and passed as
-``latents``), so torch and ONNX Runtime runs are directly comparable. The default model is the embedded one
-(:func:`mobile_o_ros.shapes.embedded_model_dir`); runtime backends use its ONNX export, built once and
-cached under ``$MOBILE_O_CACHE`` or ``~/.cache/mobile_o_ros/``.
+``latents``), so torch and ONNX Runtime runs are directly comparable. Any
+:class:`~mobile_o_ros.results.Pipeline` runs it: the torch reference on a checkpoint, or the runtime on an
+export. The default model is the embedded one; runtime backends use its ONNX export from the model store
+(:mod:`mobile_o_ros.model_store`), made once and cached.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from mobile_o_ros.results import Pipeline
 from mobile_o_ros.runtime.sampling import initial_latents
 from mobile_o_ros.shapes import world
 from mobile_o_ros.shapes.detector import score_edit, score_generation
@@ -38,192 +38,10 @@ VQA_OFFSET, GEN_OFFSET, EDIT_OFFSET = 0, 100_000, 200_000
 DEFAULT_LIMITS = {"vqa": 500, "generation": 60, "editing": 60}
 #: Side of the camera-like renders the self-test shows the model (it resizes them to its own input size).
 RENDER_SIZE = 512
+#: The seed every generation and edit reports; the noise itself is the item's (:func:`noise`).
+ITEM_SEED = 0
 
 Progress = Callable[[str], None]
-
-
-class Engine(Protocol):
-    """What the self-test needs from a backend."""
-
-    name: str
-    latent_shape: tuple[int, ...]
-    steps: int
-    guidance: float
-
-    def answer(self, image: np.ndarray, question: str) -> str:
-        """Greedy answer to a question about an RGB image."""
-
-    def generate(self, caption: str, latents: np.ndarray) -> np.ndarray:
-        """An RGB image for a caption from the given initial noise [1, *latent_shape]."""
-
-    def edit(self, image: np.ndarray, instruction: str, latents: np.ndarray) -> np.ndarray:
-        """An edited RGB image from the given initial noise."""
-
-
-@dataclass
-class TorchEngine:
-    """The PyTorch reference pipelines (fp32 by default)."""
-
-    pipeline: Any
-    steps: int = 20
-    guidance: float = 1.5
-    max_new_tokens: int = 8
-    name: str = "torch"
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        """(C, H, W) of the DiT's latents."""
-        return tuple(self.pipeline.config.latent_shape)
-
-    @classmethod
-    def load(
-        cls, model_dir: Path, steps: int | None = None, guidance: float | None = None, dtype: str = "fp32"
-    ) -> TorchEngine:
-        """Load a checkpoint folder strictly into the reference pipelines (``steps`` and ``guidance``
-        default to the model's own, ``config.defaults``)."""
-        import torch
-
-        from mobile_o_ros.reference.checkpoint import load_checkpoint
-        from mobile_o_ros.reference.pipelines import ReferencePipeline
-
-        loaded = load_checkpoint(model_dir)
-        gen_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-        pipe = ReferencePipeline(loaded.model, loaded.tokenizer, gen_dtype=gen_dtype)
-        d = loaded.config.defaults
-        return cls(
-            pipe,
-            d.steps if steps is None else steps,
-            d.guidance_scale if guidance is None else guidance,
-            d.max_new_tokens,
-        )
-
-    def answer(self, image: np.ndarray, question: str) -> str:
-        """Greedy VQA."""
-        return self.pipeline.answer(image, question, max_new_tokens=self.max_new_tokens, temperature=0.0).text
-
-    def generate(self, caption: str, latents: np.ndarray) -> np.ndarray:
-        """Text to image."""
-        import torch
-
-        return self.pipeline.generate(caption, self.steps, self.guidance, latents=torch.from_numpy(latents))
-
-    def edit(self, image: np.ndarray, instruction: str, latents: np.ndarray) -> np.ndarray:
-        """Image editing."""
-        import torch
-
-        return self.pipeline.edit(
-            image, instruction, self.steps, self.guidance, latents=torch.from_numpy(latents)
-        )
-
-
-@dataclass
-class RuntimeEngine:
-    """The torch-free runtime (ONNX Runtime or TensorRT) over an export folder."""
-
-    runtime: Any
-    steps: int = 20
-    guidance: float = 1.5
-    max_new_tokens: int = 8
-    name: str = "onnxruntime"
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        """(C, H, W) of the DiT's latents (from the export manifest)."""
-        return tuple(self.runtime.latent_shape)
-
-    @classmethod
-    def load(
-        cls, export_dir: Path, backend: str, steps: int | None = None, guidance: float | None = None
-    ) -> RuntimeEngine:
-        """Open an export folder with the named backend (``steps`` and ``guidance`` default to the model's
-        own, from the export manifest)."""
-        from mobile_o_ros.runtime.engine import MobileORuntime
-
-        runtime = MobileORuntime.load(export_dir, backend=backend)
-        d = runtime.defaults
-        return cls(
-            runtime,
-            int(d["steps"]) if steps is None else steps,
-            float(d["guidance_scale"]) if guidance is None else guidance,
-            int(d["max_new_tokens"]),
-            backend,
-        )
-
-    def answer(self, image: np.ndarray, question: str) -> str:
-        """Greedy VQA."""
-        return self.runtime.ask(image, question, max_new_tokens=self.max_new_tokens, temperature=0.0).answer
-
-    def generate(self, caption: str, latents: np.ndarray) -> np.ndarray:
-        """Text to image."""
-        return self.runtime.generate(caption, self.steps, self.guidance, seed=0, latents=latents).image
-
-    def edit(self, image: np.ndarray, instruction: str, latents: np.ndarray) -> np.ndarray:
-        """Image editing."""
-        return self.runtime.edit(image, instruction, self.steps, self.guidance, seed=0, latents=latents).image
-
-
-# ------------------------------------------------------------------------------------------- model & cache
-def cache_root() -> Path:
-    """``$MOBILE_O_CACHE`` or ``~/.cache/mobile_o_ros``."""
-    env = os.environ.get("MOBILE_O_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "mobile_o_ros"
-
-
-def cached_export(model_dir: Path, progress: Progress | None = None) -> Path:
-    """The ONNX export of a checkpoint folder, built on first use under :func:`cache_root` (keyed by the
-    checkpoint's sha256, so a changed checkpoint gets a fresh export)."""
-    import json
-
-    from mobile_o_ros.checkpoint_files import checkpoint_sha256
-    from mobile_o_ros.manifest import is_current
-
-    sha = checkpoint_sha256(model_dir)
-    out = cache_root() / f"export-{model_dir.name}-{sha[:16]}"
-    manifest = out / "manifest.json"
-    if manifest.is_file() and is_current(out):
-        try:
-            if json.loads(manifest.read_text())["source_checkpoint"]["sha256"] == sha:
-                return out
-        except (ValueError, KeyError):
-            pass
-    from mobile_o_ros.export.onnx_export import export_model
-    from mobile_o_ros.reference.checkpoint import load_checkpoint
-
-    if progress:
-        progress(f"exporting {model_dir} to ONNX under {out} (once)")
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    export_model(load_checkpoint(model_dir), tmp)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
-
-
-def load_engine(
-    model: str | Path | None,
-    backend: str = "torch",
-    steps: int | None = None,
-    guidance: float | None = None,
-    progress: Progress | None = None,
-) -> Engine:
-    """An engine for a checkpoint folder (any backend: runtime backends export it, cached) or an export
-    folder (runtime backends only). ``None``: the embedded model."""
-    from mobile_o_ros.shapes import embedded_model_dir
-
-    path = Path(model) if model is not None else embedded_model_dir()
-    if not path.is_dir():
-        raise FileNotFoundError(f"model folder not found: {path}")
-    is_export = (path / "manifest.json").is_file()
-    if backend == "torch":
-        if is_export:
-            raise ValueError("the torch backend needs a checkpoint folder, not an export folder")
-        return TorchEngine.load(path, steps, guidance)
-    if backend not in ("onnxruntime", "tensorrt"):
-        raise ValueError(f"unknown backend {backend!r} (torch, onnxruntime, tensorrt)")
-    export_dir = path if is_export else cached_export(path, progress)
-    return RuntimeEngine.load(export_dir, backend, steps, guidance)
 
 
 # ------------------------------------------------------------------------------------------- eval sets
@@ -301,14 +119,15 @@ def _rate(values: list[bool]) -> float:
     return round(float(np.mean(values)), 4) if values else float("nan")
 
 
-def run_vqa(engine: Engine, count: int, progress: Progress | None = None) -> dict[str, Any]:
-    """VQA exact-match accuracy over ``count`` questions, per category and overall (mean over all)."""
+def run_vqa(pipeline: Pipeline, count: int, progress: Progress | None = None) -> dict[str, Any]:
+    """VQA exact-match accuracy over ``count`` questions (greedy answers of the model's default length),
+    per category and overall (mean over all)."""
     per: dict[str, list[bool]] = defaultdict(list)
     wrong: list[dict[str, str]] = []
     images: dict[int, np.ndarray] = {}
     for scene, q in vqa_items(count):
         image = images.setdefault(scene.seed, world.render(scene, RENDER_SIZE))
-        got = engine.answer(image, q.question).strip().lower()
+        got = pipeline.ask(image, q.question, temperature=0.0, seed=ITEM_SEED).answer.strip().lower()
         per[q.category].append(got == q.answer)
         if got != q.answer and len(wrong) < 10:
             wrong.append(
@@ -324,13 +143,25 @@ def run_vqa(engine: Engine, count: int, progress: Progress | None = None) -> dic
 
 
 def run_generation(
-    engine: Engine, count: int, progress: Progress | None = None, save_dir: Path | None = None
+    pipeline: Pipeline,
+    count: int,
+    progress: Progress | None = None,
+    save_dir: Path | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
 ) -> dict[str, Any]:
-    """GenEval-style generation accuracy, overall and by number of objects, plus attribute rates."""
+    """GenEval-style generation accuracy, overall and by number of objects, plus attribute rates
+    (``steps`` and ``guidance_scale`` None: the model's defaults)."""
     by_n: dict[str, list[bool]] = defaultdict(list)
     attrs: dict[str, list[float]] = defaultdict(list)
     for k, scene in enumerate(generation_items(count)):
-        image = engine.generate(world.caption(scene), noise(scene.seed, engine.latent_shape))
+        image = pipeline.generate(
+            world.caption(scene),
+            steps,
+            guidance_scale,
+            seed=ITEM_SEED,
+            latents=noise(scene.seed, pipeline.latent_shape),
+        ).image
         s = score_generation(scene, image)
         by_n[f"{len(scene.objects)}_objects"].append(s.correct)
         for a in ("shapes", "colours", "positions", "sizes"):
@@ -349,16 +180,24 @@ def run_generation(
 
 
 def run_editing(
-    engine: Engine, count: int, progress: Progress | None = None, save_dir: Path | None = None
+    pipeline: Pipeline,
+    count: int,
+    progress: Progress | None = None,
+    save_dir: Path | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
 ) -> dict[str, Any]:
-    """Editing accuracy over ``count`` edits (change made and the rest kept), per kind and overall."""
+    """Editing accuracy over ``count`` edits (change made and the rest kept), per kind and overall
+    (``steps`` and ``guidance_scale`` None: the model's defaults)."""
     per: dict[str, list[bool]] = defaultdict(list)
     changed: list[bool] = []
     kept: list[bool] = []
     for k, e in enumerate(editing_items(count)):
         source = world.render(e.source, RENDER_SIZE)
-        latents = noise(world.HELDOUT_SEED_BASE + EDIT_OFFSET + k, engine.latent_shape)
-        image = engine.edit(source, e.instruction, latents)
+        latents = noise(world.HELDOUT_SEED_BASE + EDIT_OFFSET + k, pipeline.latent_shape)
+        image = pipeline.edit(
+            source, e.instruction, steps, guidance_scale, seed=ITEM_SEED, latents=latents
+        ).image
         s = score_edit(e, image)
         per[e.kind].append(s.correct)
         changed.append(s.changed)
@@ -386,27 +225,35 @@ def _save(path: Path, rgb: np.ndarray) -> None:
 
 
 def run_selftest(
-    engine: Engine,
+    pipeline: Pipeline,
     limits: dict[str, int] | None = None,
     tasks: tuple[str, ...] = ("vqa", "generation", "editing"),
     progress: Progress | None = None,
     save_dir: Path | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
 ) -> dict[str, Any]:
-    """Run the chosen tasks on ``limits`` items each (default :data:`DEFAULT_LIMITS`); returns per-task
-    results, overall scores and whether each meets its target."""
+    """Run the chosen tasks on ``limits`` items each (default :data:`DEFAULT_LIMITS`), sampling with
+    ``steps`` and ``guidance_scale`` (None: the model's defaults); returns per-task results, overall scores
+    and whether each meets its target."""
     limits = {**DEFAULT_LIMITS, **(limits or {})}
+    d = pipeline.defaults
     result: dict[str, Any] = {
-        "backend": engine.name,
+        "backend": pipeline.name,
         "limits": limits,
-        "sampling": {"steps": engine.steps, "guidance_scale": engine.guidance},
+        "sampling": {
+            "steps": d.steps if steps is None else steps,
+            "guidance_scale": d.guidance_scale if guidance_scale is None else guidance_scale,
+        },
     }
     t0 = time.perf_counter()
+    sampling = {"steps": steps, "guidance_scale": guidance_scale}
     if "vqa" in tasks:
-        result["vqa"] = run_vqa(engine, limits["vqa"], progress)
+        result["vqa"] = run_vqa(pipeline, limits["vqa"], progress)
     if "generation" in tasks:
-        result["generation"] = run_generation(engine, limits["generation"], progress, save_dir)
+        result["generation"] = run_generation(pipeline, limits["generation"], progress, save_dir, **sampling)
     if "editing" in tasks:
-        result["editing"] = run_editing(engine, limits["editing"], progress, save_dir)
+        result["editing"] = run_editing(pipeline, limits["editing"], progress, save_dir, **sampling)
     result["scores"] = {t: result[t]["overall"] for t in ("vqa", "generation", "editing") if t in result}
     result["meets_targets"] = {t: bool(v >= TARGETS[t]) for t, v in result["scores"].items()}
     result["seconds"] = round(time.perf_counter() - t0, 1)
