@@ -9,8 +9,8 @@ import torch
 from mobile_o_ros.model_config import preset
 from mobile_o_ros.reference.checkpoint import build_model
 from mobile_o_ros.reference.model import MobileO
+from mobile_o_ros.reference.tiny_tokenizer import build_tiny_tokenizer
 from mobile_o_ros.shapes.train.data import TOKENIZER_VOCAB, PromptTokens
-from mobile_o_ros.tokenizer_factory import build_tiny_tokenizer
 
 
 def untrained_shapes_model(tmp_path: Path) -> tuple[PromptTokens, MobileO]:

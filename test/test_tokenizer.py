@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from mobile_o_ros import prompts
+from mobile_o_ros.reference.tiny_tokenizer import SPECIAL_TOKENS, build_tiny_tokenizer
 from mobile_o_ros.runtime.tokenizer import (
     IMAGE_TOKEN_INDEX,
     IncrementalDecoder,
     TextTokenizer,
     splice_image_embeddings,
 )
-from mobile_o_ros.tokenizer_factory import SPECIAL_TOKENS, build_tiny_tokenizer
 
 # The tests marked torch compare with transformers' tokenizers; the others need neither.
 pytestmark = pytest.mark.runtime

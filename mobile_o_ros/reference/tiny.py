@@ -17,7 +17,7 @@ from mobile_o_ros import prompts
 from mobile_o_ros.model_config import MobileOConfig, preset
 from mobile_o_ros.reference.checkpoint import build_model, save_checkpoint
 from mobile_o_ros.reference.model import MobileO
-from mobile_o_ros.tokenizer_factory import build_tiny_tokenizer
+from mobile_o_ros.reference.tiny_tokenizer import build_tiny_tokenizer
 
 
 def randomize_(model: MobileO, seed: int) -> None:

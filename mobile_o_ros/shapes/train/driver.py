@@ -24,6 +24,7 @@ from mobile_o_ros import prompts
 from mobile_o_ros.model_config import MobileOConfig, preset
 from mobile_o_ros.reference.checkpoint import build_model, save_checkpoint
 from mobile_o_ros.reference.model import MobileO, count_parameters
+from mobile_o_ros.reference.tiny_tokenizer import build_tiny_tokenizer
 from mobile_o_ros.reference.vision import reparameterize
 from mobile_o_ros.shapes import parallel, world
 from mobile_o_ros.shapes.train.data import (
@@ -45,7 +46,6 @@ from mobile_o_ros.shapes.train.stages import (
     train_vqa,
 )
 from mobile_o_ros.shapes.vocabulary import write_vocabulary
-from mobile_o_ros.tokenizer_factory import build_tiny_tokenizer
 
 
 def shapes_model(out_dir: Path, seed: int) -> tuple[MobileO, PromptTokens]:

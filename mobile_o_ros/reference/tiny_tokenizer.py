@@ -1,4 +1,6 @@
-"""A tiny, deterministic Qwen2-style tokenizer for tests and tiny models (needs only ``tokenizers``).
+"""A tiny, deterministic Qwen2-style tokenizer for tiny checkpoints (:mod:`.tiny`) and the shapes model.
+
+Needs only ``tokenizers`` (no torch).
 
 The layout mirrors the real Qwen2 / Mobile-O tokenizer: byte-level BPE with Qwen2's split regex and an NFC
 normaliser, then the special tokens ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` right after the BPE
