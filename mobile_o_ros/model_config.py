@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
-
-#: Preset names accepted by ``--config``.
-PRESETS = ("real-0.5b", "real-1.5b", "tiny", "shapes")
 
 #: The block our tiny checkpoints add to config.json to describe non-standard part sizes.
 EXTENSION_KEY = "mobile_o_ros"
@@ -230,68 +228,89 @@ def _vae() -> dict[str, Any]:
     return d
 
 
-def preset(name: str, vocab_size: int | None = None) -> MobileOConfig:
-    """Build a named configuration: ``real-0.5b``, ``real-1.5b``, ``tiny`` or ``shapes``.
+def _real_0_5b(vocab_size: int | None) -> MobileOConfig:
+    """The released Mobile-O 0.5B: Qwen2-0.5B, FastViTHD, SANA 600M at 512 px, DC-AE f32c32."""
+    return MobileOConfig(
+        name="real-0.5b",
+        llm=load_json_config("qwen2_0_5b.json"),
+        vision={"preset": "fastvithd"},
+        mm_hidden_size=3072,
+        mcp=MCPConfig(input_dim=896),
+        dit=_dit("sana_600m_512px_transformer.json"),
+        vae=_vae(),
+        scheduler=_scheduler(),
+    )
 
-    ``shapes`` is the embedded demo model (:mod:`mobile_o_ros.shapes`): the real module types, narrow and
-    shallow enough to train on a CPU, at reduced resolutions (256 px in → 64 image tokens through a
-    four-stage FastViT; 32×16×16 latents → 128 px out through a four-stage f8 DC-AE); its VAE
-    ``scaling_factor`` is re-measured by training.
+
+def _real_1_5b(vocab_size: int | None) -> MobileOConfig:
+    """The released Mobile-O 1.5B: Qwen2-1.5B, FastViTHD, SANA 1600M at 512 px, DC-AE f32c32."""
+    return MobileOConfig(
+        name="real-1.5b",
+        llm=load_json_config("qwen2_1_5b.json"),
+        vision={"preset": "fastvithd"},
+        mm_hidden_size=3072,
+        mcp=MCPConfig(input_dim=1536),
+        dit=_dit("sana_1600m_512px_transformer.json"),
+        vae=_vae(),
+        scheduler=_scheduler(),
+    )
+
+
+def _tiny(vocab_size: int | None) -> MobileOConfig:
+    """Narrow and shallow parts at the released resolutions (1024 px in, 256 tokens, 512 px out): tests."""
+    return MobileOConfig(
+        name="tiny",
+        llm=_tiny_llm(vocab_size or 1024),
+        vision={"preset": "tiny"},
+        mm_hidden_size=128,
+        mcp=MCPConfig(input_dim=64, hidden_dim=64, output_dim=64),
+        dit=_tiny_dit(),
+        vae=_tiny_vae(),
+        scheduler=_scheduler(),
+        defaults=Defaults(max_new_tokens=16),
+    )
+
+
+def _shapes(vocab_size: int | None) -> MobileOConfig:
+    """The embedded demo model (:mod:`mobile_o_ros.shapes`): the real module types, narrow and shallow
+    enough to train on a CPU, at reduced resolutions (256 px in → 64 image tokens through a four-stage
+    FastViT; 32×16×16 latents → 128 px out through a four-stage f8 DC-AE); its VAE ``scaling_factor`` is
+    re-measured by training."""
+    return MobileOConfig(
+        name="shapes",
+        llm=_shapes_llm(vocab_size or 1024),
+        vision=_shapes_vision(),
+        mm_hidden_size=256,
+        mcp=MCPConfig(input_dim=128, hidden_dim=128, output_dim=256),
+        dit=_shapes_dit(),
+        vae=_shapes_vae(),
+        scheduler=_scheduler(),
+        image_size=256,
+        num_image_tokens=64,
+        defaults=Defaults(max_new_tokens=8),
+    )
+
+
+#: Named configurations (``--config``): name → factory of a config, given the LLM's vocabulary size or None
+#: for the preset's own.
+PRESETS: dict[str, Callable[[int | None], MobileOConfig]] = {
+    "real-0.5b": _real_0_5b,
+    "real-1.5b": _real_1_5b,
+    "tiny": _tiny,
+    "shapes": _shapes,
+}
+
+
+def preset(name: str, vocab_size: int | None = None) -> MobileOConfig:
+    """Build a named configuration (:data:`PRESETS`).
 
     ``vocab_size`` overrides the LLM's row count (the checkpoint's embedding rows are authoritative).
     """
-    if name == "real-0.5b":
-        llm = load_json_config("qwen2_0_5b.json")
-        cfg = MobileOConfig(
-            name=name,
-            llm=llm,
-            vision={"preset": "fastvithd"},
-            mm_hidden_size=3072,
-            mcp=MCPConfig(input_dim=896),
-            dit=_dit("sana_600m_512px_transformer.json"),
-            vae=_vae(),
-            scheduler=_scheduler(),
-        )
-    elif name == "real-1.5b":
-        llm = load_json_config("qwen2_1_5b.json")
-        cfg = MobileOConfig(
-            name=name,
-            llm=llm,
-            vision={"preset": "fastvithd"},
-            mm_hidden_size=3072,
-            mcp=MCPConfig(input_dim=1536),
-            dit=_dit("sana_1600m_512px_transformer.json"),
-            vae=_vae(),
-            scheduler=_scheduler(),
-        )
-    elif name == "tiny":
-        cfg = MobileOConfig(
-            name=name,
-            llm=_tiny_llm(vocab_size or 1024),
-            vision={"preset": "tiny"},
-            mm_hidden_size=128,
-            mcp=MCPConfig(input_dim=64, hidden_dim=64, output_dim=64),
-            dit=_tiny_dit(),
-            vae=_tiny_vae(),
-            scheduler=_scheduler(),
-            defaults=Defaults(max_new_tokens=16),
-        )
-    elif name == "shapes":
-        cfg = MobileOConfig(
-            name=name,
-            llm=_shapes_llm(vocab_size or 1024),
-            vision=_shapes_vision(),
-            mm_hidden_size=256,
-            mcp=MCPConfig(input_dim=128, hidden_dim=128, output_dim=256),
-            dit=_shapes_dit(),
-            vae=_shapes_vae(),
-            scheduler=_scheduler(),
-            image_size=256,
-            num_image_tokens=64,
-            defaults=Defaults(max_new_tokens=8),
-        )
-    else:
-        raise ValueError(f"unknown config {name!r}; choose one of {', '.join(PRESETS)}")
+    try:
+        factory = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown config {name!r}; choose one of {', '.join(PRESETS)}") from None
+    cfg = factory(vocab_size)
     if vocab_size is not None:
         cfg.llm["vocab_size"] = int(vocab_size)
     return cfg
