@@ -376,11 +376,11 @@ class MobileOClient:
         }
         # Deep request/response queues: with the ROS default depth (10), DDS drops requests of a burst.
         qos = QoSProfile(depth=256, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        self._services = {
+        self._services: dict[str, Any] = {
             name: self.node.create_client(t, self.name(name), qos_profile=qos, callback_group=group)
             for name, t in self.srv_types.items()
         }
-        self._actions = {
+        self._actions: dict[str, Any] = {
             name: ActionClient(
                 self.node,
                 t,
