@@ -45,6 +45,7 @@ setup(
         "tokenizers>=0.20,<0.23",
         "opencv-python-headless>=4.10,<6",
         "onnxruntime>=1.20,<1.24",
+        "rosbags>=0.11",
         "rosbags-image>=0.10",
         "PyYAML>=6.0.1",
         "psutil>=5.9",

@@ -63,7 +63,8 @@ def test_encoding_is_case_insensitive() -> None:
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda m: setattr(m, "encoding", "16UC1"), "unsupported image encoding '16UC1'"),
+        (lambda m: setattr(m, "encoding", "h264"), "unsupported image encoding 'h264'"),
+        (lambda m: setattr(m, "encoding", "32FC3"), "unsupported image encoding '32FC3'"),
         (lambda m: setattr(m, "encoding", ""), "unsupported image encoding ''"),
         (lambda m: setattr(m, "width", 0), r"zero-size image \(0x7\)"),
         (lambda m: setattr(m, "height", 0), r"zero-size image \(5x0\)"),
@@ -125,3 +126,62 @@ def test_rgb_to_image_copies_the_header() -> None:
     assert msg.header.frame_id == "cam_optical" and msg.header.stamp.sec == 1234
     assert msg.header.stamp.nanosec == 5678
     np.testing.assert_array_equal(images.image_to_rgb(msg), RGB)
+
+
+BLOCKS = np.kron(RNG.integers(0, 256, (3, 4, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+INTERIOR = np.zeros(BLOCKS.shape[:2], bool)
+for _y in range(3):
+    for _x in range(4):
+        INTERIOR[_y * 8 + 2 : _y * 8 + 6, _x * 8 + 2 : _x * 8 + 6] = True
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+@pytest.mark.parametrize(
+    "encoding", ["yuv422", "uyvy", "yuyv", "bayer_rggb8", "bayer_grbg8", "bayer_gbrg16", "rgb16", "nv12"]
+)
+def test_camera_encodings_the_node_accepts(encoding: str, bigendian: bool) -> None:
+    """usb_cam's yuv422, machine-vision bayer, 16-bit colour: within 1 level inside flat regions."""
+    msg = images.rgb_to_raw(BLOCKS, encoding, _header(), pad=6, bigendian=bigendian)
+    out = images.to_rgb_any(msg)
+    assert out.shape == BLOCKS.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - BLOCKS)[INTERIOR].max() <= 1
+
+
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1"])
+def test_thermal_and_depth_are_stretched_to_8_bit(encoding: str) -> None:
+    """A thermal camera's mono16 uses a narrow band of the range: min..max becomes 0..255."""
+    raw = np.linspace(29000, 29400, 6 * 5, dtype=np.uint16).reshape(6, 5)
+    msg = images.array_to_image(raw, encoding, pad=4)
+    out = images.image_to_rgb(msg)
+    assert out[0, 0].tolist() == [0, 0, 0] and out[-1, -1].tolist() == [255, 255, 255]
+    assert (np.diff(out[:, :, 0].reshape(-1).astype(int)) >= 0).all()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "stored"),
+    [
+        ("bgr8; jpeg compressed bgr8", "bgr"),
+        ("rgb8; jpeg compressed bgr8", "bgr"),
+        ("rgb8; png compressed rgb8", "rgb"),
+        ("jpg", "bgr"),
+        ("", "bgr"),
+        ("PNG", "bgr"),
+    ],
+)
+def test_compressed_format_strings(fmt: str, stored: str) -> None:
+    rgb = np.zeros((16, 24, 3), np.uint8)
+    rgb[:, :12] = (200, 30, 10)
+    pixels = rgb if stored == "rgb" else rgb[:, :, ::-1]
+    ok, buf = cv2.imencode(
+        ".png" if "png" in fmt.lower() or not fmt else ".jpg", np.ascontiguousarray(pixels)
+    )
+    assert ok
+    out = images.compressed_to_rgb(CompressedImage(format=fmt, data=buf.tobytes()))
+    assert np.abs(out.astype(int) - rgb).mean() < 4
+
+
+def test_compressed_depth_is_refused() -> None:
+    _, buf = cv2.imencode(".png", np.zeros((4, 4), np.uint16))
+    msg = CompressedImage(format="16UC1; compressedDepth png", data=bytes(12) + buf.tobytes())
+    with pytest.raises(InvalidRequest, match="compressedDepth depth map"):
+        images.to_rgb_any(msg)

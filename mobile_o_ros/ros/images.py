@@ -1,11 +1,13 @@
-"""``sensor_msgs/Image`` and ``CompressedImage`` ↔ numpy RGB, with validation (numpy/OpenCV, no cv_bridge).
+"""``sensor_msgs/Image`` and ``CompressedImage`` ↔ numpy RGB, with validation (no cv_bridge).
 
-Inputs: ``rgb8``, ``bgr8``, ``rgba8``, ``bgra8``, ``mono8`` (8-bit, so ``is_bigendian`` does not matter), rows
-padded to ``step`` bytes; JPEG/PNG ``CompressedImage``. Outputs: ``rgb8`` with a given header.
+Decoding is :mod:`mobile_o_ros.annotate.decode`, the annotator's: every raw encoding robots send (rgb, bgr,
+rgba, bgra and mono at 8 and 16 bit, bayer, yuv422/uyvy/yuyv, nv12/nv21, generic ``nUCm``), rows padded to
+``step``, and JPEG/PNG ``CompressedImage`` whatever its ``format`` string says. Outputs: ``rgb8`` with a
+given header.
 
 The conversion functions read message attributes only (``height``, ``width``, ``encoding``, ``step``,
-``data``, ``format``), so they work on any object shaped like the ROS messages. Every failure raises
-:class:`~mobile_o_ros.validation.InvalidRequest` with a one-line reason.
+``is_bigendian``, ``data``, ``format``), so they work on any object shaped like the ROS messages. Every
+failure raises :class:`~mobile_o_ros.validation.InvalidRequest` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -16,27 +18,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mobile_o_ros.runtime.preprocess import to_rgb
+from mobile_o_ros.annotate import decode
 from mobile_o_ros.validation import InvalidRequest
 
-CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
-SUPPORTED_ENCODINGS = tuple(CHANNELS)
-#: Largest accepted side, a guard against absurd headers (the vision tower resizes to 1024 anyway).
-MAX_SIDE = 16384
-
-
-def _as_bytes(data: Any) -> np.ndarray:
-    """A message's ``data`` (bytes, bytearray, array.array('B'), list or ndarray) as a flat uint8 array."""
-    if isinstance(data, np.ndarray):
-        return (
-            data.reshape(-1).view(np.uint8) if data.dtype == np.uint8 else data.astype(np.uint8).reshape(-1)
-        )
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return np.frombuffer(data, dtype=np.uint8)
-    try:
-        return np.frombuffer(memoryview(data), dtype=np.uint8)  # array.array('B')
-    except TypeError:
-        return np.asarray(list(data), dtype=np.uint8)
+#: Channels of each named raw encoding.
+CHANNELS = {name: decode.raw_spec(name).channels for name in decode.NAMED_ENCODINGS}
+SUPPORTED_ENCODINGS = decode.NAMED_ENCODINGS
+MAX_SIDE = decode.MAX_SIDE
 
 
 def is_empty_image(msg: Any) -> bool:
@@ -48,52 +36,27 @@ def image_to_rgb(msg: Any, what: str = "image") -> np.ndarray:
     """``sensor_msgs/Image`` → contiguous uint8 [H, W, 3] RGB (a copy; the message is not kept).
 
     Raises InvalidRequest for an unsupported encoding, a zero-size image, a ``step`` shorter than a row or
-    ``data`` whose length is not ``height * step``.
+    ``data`` whose length is not the rows times ``step``.
     """
-    encoding = str(msg.encoding).strip().lower()
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if encoding not in CHANNELS:
-        raise InvalidRequest(
-            f"unsupported {what} encoding {msg.encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
-        )
-    if height <= 0 or width <= 0:
-        raise InvalidRequest(f"zero-size {what} ({width}x{height})")
-    if height > MAX_SIDE or width > MAX_SIDE:
-        raise InvalidRequest(f"{what} too large ({width}x{height}; max side {MAX_SIDE})")
-    channels = CHANNELS[encoding]
-    row = width * channels
-    if step < row:
-        raise InvalidRequest(
-            f"{what} step {step} is shorter than a row ({width} px x {channels} B = {row} B)"
-        )
-    data = _as_bytes(msg.data)
-    if data.size != height * step:
-        raise InvalidRequest(
-            f"{what} data length {data.size} does not match height*step = {height}*{step} = {height * step}"
-        )
-    pixels = data.reshape(height, step)[:, :row].reshape(height, width, channels)
     try:
-        return to_rgb(pixels, encoding)
-    except ValueError as err:  # to_rgb's own checks; unreachable for validated input
-        raise InvalidRequest(f"{what}: {err}") from err
+        return decode.decode_raw(
+            msg.encoding, msg.width, msg.height, msg.step, msg.is_bigendian, msg.data, what
+        )
+    except decode.DecodeError as err:
+        raise InvalidRequest(str(err)) from err
 
 
 def compressed_to_rgb(msg: Any, what: str = "compressed image") -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (JPEG or PNG, colour or grey) → uint8 [H, W, 3] RGB."""
-    data = _as_bytes(msg.data)
-    if data.size == 0:
-        raise InvalidRequest(f"empty {what} (format {msg.format!r})")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        raise InvalidRequest(
-            f"cannot decode {what} (format {msg.format!r}, {data.size} bytes); expected JPEG or PNG"
-        )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    """``sensor_msgs/CompressedImage`` (JPEG or PNG, colour, grey or bayer) → uint8 [H, W, 3] RGB."""
+    try:
+        return decode.decode_compressed(msg.format, msg.data, what)
+    except decode.DecodeError as err:
+        raise InvalidRequest(str(err)) from err
 
 
 def to_rgb_any(msg: Any, what: str = "image") -> np.ndarray:
     """Dispatch on the message shape: CompressedImage (has ``format``) or Image."""
-    if hasattr(msg, "format") and not hasattr(msg, "encoding"):
+    if decode.is_compressed(msg):
         return compressed_to_rgb(msg, f"compressed {what}")
     return image_to_rgb(msg, what)
 
@@ -117,15 +80,13 @@ def rgb_to_image(rgb: np.ndarray, header: Any = None) -> Any:
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header: Any = None, pad: int = 0) -> Any:
-    """uint8 pixels in ``encoding`` → ``sensor_msgs/Image``; ``pad`` extra bytes per row (tests, clients)."""
+    """Pixels already in ``encoding`` (any dtype; little-endian) → ``sensor_msgs/Image``; ``pad`` extra bytes
+    per row (tests, clients)."""
     from sensor_msgs.msg import Image
 
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    channels = CHANNELS[encoding]
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
+    pixels = np.ascontiguousarray(pixels)
     height, width = pixels.shape[:2]
-    rows = pixels.reshape(height, width * channels)
+    rows = pixels.reshape(height, -1).view(np.uint8)
     if pad:
         rows = np.concatenate([rows, np.zeros((height, pad), np.uint8)], axis=1)
     msg = Image()
@@ -133,8 +94,25 @@ def array_to_image(pixels: np.ndarray, encoding: str, header: Any = None, pad: i
         msg.header = header
     msg.height, msg.width, msg.encoding = int(height), int(width), encoding
     msg.is_bigendian = 0
-    msg.step = int(width * channels + pad)
+    msg.step = int(rows.shape[1])
     msg.data = array.array("B", np.ascontiguousarray(rows).tobytes())
+    return msg
+
+
+def rgb_to_raw(
+    rgb: np.ndarray, encoding: str, header: Any = None, pad: int = 0, bigendian: bool = False
+) -> Any:
+    """An RGB picture as a ``sensor_msgs/Image`` in any raw ``encoding`` that
+    :func:`~mobile_o_ros.annotate.decode.encode_rgb` writes (yuv422, bayer, mono16, nv12, ...)."""
+    from sensor_msgs.msg import Image
+
+    height, width, step, data = decode.encode_rgb(rgb, encoding, pad, bigendian)
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width, msg.encoding, msg.step = height, width, encoding, step
+    msg.is_bigendian = int(bigendian)
+    msg.data = array.array("B", data)
     return msg
 
 
