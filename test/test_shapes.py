@@ -14,6 +14,9 @@ import pytest
 from mobile_o_ros.shapes import embedded_model_dir, world
 from mobile_o_ros.shapes.detector import detect, score_edit, score_generation
 
+# The tests marked torch run the torch backend or its training module; the others need neither torch nor ROS.
+pytestmark = pytest.mark.runtime
+
 ONE_WORD_ANSWERS = {*world.COLOURS, *world.SHAPES, *world.POSITIONS, *world.NUMBERS, "yes", "no"}
 
 
@@ -193,6 +196,7 @@ def test_cli_errors_are_one_line_with_exit_2(argv: list[str], message: str, tmp_
     assert len(err) == 1 and err[0].startswith("mobile-o: error:") and message.format(**subs) in err[0], err
 
 
+@pytest.mark.torch
 def test_cli_train_demo_into_a_file_is_an_error(tmp_path: Path, capsys) -> None:
     pytest.importorskip("torch")  # the verb imports the training module first
     from mobile_o_ros.cli import main
@@ -233,6 +237,7 @@ def small_selftest() -> dict:
     return selftest.run_selftest(model_store.load_pipeline(path, "torch"), SMALL_SAMPLE)
 
 
+@pytest.mark.torch
 def test_selftest_small_sample_matches_model_card(small_selftest: dict) -> None:
     """The shipped model still scores what its card records (regression guard on a small fixed sample)."""
     recorded = _card_scores(embedded_model_dir())["small_sample"]["torch"]
@@ -241,6 +246,7 @@ def test_selftest_small_sample_matches_model_card(small_selftest: dict) -> None:
     assert small_selftest["vqa"]["n"] == small_selftest["limits"]["vqa"]
 
 
+@pytest.mark.torch
 def test_selftest_samples_with_the_models_own_defaults(small_selftest: dict) -> None:
     """Without --steps/--guidance the self-test uses the checkpoint's sampling defaults, and says so."""
     from mobile_o_ros.model_config import config_from_checkpoint_json
@@ -250,6 +256,7 @@ def test_selftest_samples_with_the_models_own_defaults(small_selftest: dict) -> 
     assert small_selftest["sampling"] == want
 
 
+@pytest.mark.torch
 def test_selftest_small_sample_meets_targets(small_selftest: dict) -> None:
     """The targets (VQA ≥ 0.90, generation ≥ 0.80, editing ≥ 0.70) on the small sample."""
     from mobile_o_ros.shapes.selftest import TARGETS

@@ -12,6 +12,8 @@ import pytest
 from mobile_o_ros.cli import main
 from mobile_o_ros.shapes import world
 
+pytestmark = pytest.mark.runtime
+
 
 def test_every_held_out_caption_parses_back_to_its_scene() -> None:
     for i in range(300):
