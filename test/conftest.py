@@ -6,6 +6,9 @@ Test lanes (``MOBILE_O_TEST_LANE``):
 - ``runtime`` (`make test-py310`): the tests marked ``runtime``, less those marked ``ros`` or ``torch``.
 - ``ros`` (`make test-jazzy`): the tests marked ``runtime`` or ``ros``, less those marked ``torch``.
 
+`make test-fast` runs the main suite's unit tests: ``not ros and not gpu and not slow`` (no ROS 2 node or
+DDS server, no GPU, no training, self-test or worker processes).
+
 A module that needs neither torch nor ROS carries ``pytestmark = pytest.mark.runtime``; one that needs
 ROS (rclpy, messages) but no torch carries ``pytest.mark.ros``; a test in such a module that compares
 with torch / transformers / diffusers carries ``pytest.mark.torch`` (and imports them inside the test).
@@ -67,6 +70,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "runtime: needs neither torch nor ROS 2 (make test-py310 runs it on Python 3.10, numpy 1.x)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "slow: trains, runs the self-test, exports or builds more than the shared tiny export, or starts "
+        "worker processes (make test-fast leaves it out)",
     )
     if not LANE:
         return
