@@ -13,6 +13,9 @@ import pytest
 
 from mobile_o_ros.cli import main
 
+# The tests marked torch run a checkpoint folder (the torch backend); the export-folder ones need neither.
+pytestmark = pytest.mark.runtime
+
 
 @pytest.fixture(scope="module")
 def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -23,6 +26,7 @@ def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.torch
 def test_generate_edit_ask(tiny_checkpoint: Path, image_file: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "gen.png"
     assert (
@@ -82,6 +86,7 @@ def test_generate_edit_ask(tiny_checkpoint: Path, image_file: Path, tmp_path: Pa
     assert isinstance(answer["answer"], str) and answer["num_tokens"] <= 4
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -173,6 +178,7 @@ def test_export_folder_runs_with_the_default_backend(
     assert "error" not in captured.err
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize(
     ("backend", "folder", "message", "code"),
     [
@@ -248,6 +254,7 @@ def test_words_the_model_never_saw_are_named_and_it_still_runs(
     assert capsys.readouterr().err == ""  # the world's own phrasing: no warning
 
 
+@pytest.mark.torch
 def test_the_embedded_model_warns_about_a_dog(image_file: Path, capsys) -> None:
     from mobile_o_ros.shapes import embedded_model_dir
 
