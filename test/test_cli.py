@@ -26,6 +26,7 @@ def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_generate_edit_ask(tiny_checkpoint: Path, image_file: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "gen.png"

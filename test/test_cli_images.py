@@ -11,6 +11,8 @@ import pytest
 from mobile_o_ros.cli import main
 from mobile_o_ros.export.parity import psnr
 
+pytestmark = pytest.mark.slow
+
 PROMPT = "a blue sphere"
 INSTRUCTION = "make it blue"
 SEED = "11"

@@ -119,6 +119,7 @@ def test_manifest_memory_budget_counts_the_graph_weights(tiny_export: Path, tiny
     assert 0 <= manifest["graphs"]["llm"]["weights_bytes"] - expected <= 1 << 16
 
 
+@pytest.mark.slow
 def test_every_graph_matches_pytorch(tiny_loaded, tiny_runtime) -> None:
     results = graph_parity(tiny_loaded, tiny_runtime)
     assert set(results) == set(GRAPHS)
@@ -128,6 +129,7 @@ def test_every_graph_matches_pytorch(tiny_loaded, tiny_runtime) -> None:
             assert m["max_abs"] <= 1e-3 * max(1.0, m["ref_max_abs"]), (graph, out, m)
 
 
+@pytest.mark.slow
 def test_end_to_end_matches_pytorch(tiny_loaded, tiny_runtime) -> None:
     e = end_to_end_parity(tiny_loaded, tiny_runtime, steps=4)
     assert e["answer"]["identical_ids"], e["answer"]

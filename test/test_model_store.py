@@ -81,6 +81,7 @@ def test_pipelines_open_by_backend(tiny_export: Path) -> None:
         model_store.load_pipeline(tiny_export, "cuda")
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_a_checkpoint_is_exported_once_under_its_digest(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -56,6 +56,7 @@ def test_generate_is_512_rgb_and_seeded(pipe: ReferencePipeline) -> None:
     assert np.array_equal(pipe.generate("a red circle", steps=3, seed=0, latents=noise).image, a.image)
 
 
+@pytest.mark.slow
 def test_edit_is_512_rgb_and_uses_the_image(pipe: ReferencePipeline, image: np.ndarray) -> None:
     a = pipe.edit(image, "make it green", steps=2, seed=1).image
     b = pipe.edit(image, "make it green", steps=2, seed=1).image
@@ -65,6 +66,7 @@ def test_edit_is_512_rgb_and_uses_the_image(pipe: ReferencePipeline, image: np.n
     assert not np.array_equal(a, other)
 
 
+@pytest.mark.slow
 def test_answer_is_a_string_and_seeded(pipe: ReferencePipeline, image: np.ndarray) -> None:
     greedy = pipe.ask(image, "what is in the picture?", max_new_tokens=8)
     assert isinstance(greedy, AskResult) and isinstance(greedy.answer, str)

@@ -32,6 +32,7 @@ def test_the_default_sample_is_the_model_cards() -> None:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_the_cli_says_what_it_runs_and_runs_that(capsys) -> None:
     if not (embedded_model_dir() / "model.safetensors").is_file():

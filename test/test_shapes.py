@@ -237,6 +237,7 @@ def small_selftest() -> dict:
     return selftest.run_selftest(model_store.load_pipeline(path, "torch"), SMALL_SAMPLE)
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_selftest_small_sample_matches_model_card(small_selftest: dict) -> None:
     """The shipped model still scores what its card records (regression guard on a small fixed sample)."""

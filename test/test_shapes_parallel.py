@@ -10,6 +10,8 @@ import torch
 
 from mobile_o_ros.shapes import parallel
 
+pytestmark = pytest.mark.slow
+
 
 def _data_parallel_rows(rank: int) -> tuple[Any, Any]:
     """Rank ``rank``'s half of a fixed batch (x [3, 4], y [3, 2])."""

@@ -13,6 +13,8 @@ from mobile_o_ros.reference.checkpoint import load_checkpoint, read_shapes
 from mobile_o_ros.shapes.train.driver import AutoencoderJob, shapes_model, train_demo
 from mobile_o_ros.shapes.train.recipe import Recipe
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mobile_o_ros.shapes import world
@@ -23,6 +24,7 @@ def test_slot_labels_say_what_is_where() -> None:
     assert labels[-1].tolist() == [list(world.BACKGROUNDS).index("black"), 0, 0]
 
 
+@pytest.mark.slow
 def test_conditioning_probe_learns_a_slot_and_skips_unconditional_rows() -> None:
     torch.manual_seed(0)
     scenes = [world.make_scene(s) for s in range(4)]

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from shapes_train_support import untrained_shapes_model
 
@@ -64,6 +65,7 @@ def test_referent_loss_reads_the_dit_tokens_entering_its_layers_cross_attention(
     assert float(_auxiliary_loss(model, tok, cache, headless, **weighted)) == 0.0
 
 
+@pytest.mark.slow
 def test_content_loss_reads_every_conditional_rows_dit_tokens(tmp_path: Path) -> None:
     """With ``dit_content_weight`` w, the auxiliary loss of a DiT batch grows by exactly w × the probe's
     content CE on the hidden states of every row (captions, then edits) at the input of layer

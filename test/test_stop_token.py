@@ -50,6 +50,7 @@ def _first_emits(answers: dict[int, list[int]], tokenizer) -> dict[int, tuple[in
     return out
 
 
+@pytest.mark.slow
 def test_answer_stops_at_another_eos_token(
     tiny_checkpoint: Path, tiny_loaded, tiny_runtime, image: np.ndarray, tmp_path: Path
 ) -> None:

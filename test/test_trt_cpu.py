@@ -345,6 +345,7 @@ def fake_engines(fake_trt: FakeTRT, tiny_export: Path, tmp_path: Path) -> Path:
     return tmp_path / "engines"
 
 
+@pytest.mark.slow
 def test_builder_with_the_stand_in(
     fake_trt: FakeTRT, tiny_export: Path, manifest: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -613,6 +614,7 @@ def test_legacy_tensorrt_context_api(
     backend.close()
 
 
+@pytest.mark.slow
 def test_cuda_graphs_per_dit_bucket_64_128_64(
     fake_trt: FakeTRT, fake_engines: Path, tiny_export: Path, manifest: dict[str, Any], tiny_runtime
 ) -> None:
@@ -682,6 +684,7 @@ def test_decode_keeps_the_kv_cache_on_the_device(
     rt.close()
 
 
+@pytest.mark.slow
 def test_bench_runs_in_the_backends_context(fake_trt: FakeTRT, fake_engines: Path, tiny_export: Path) -> None:
     """GPU timings come from events on the backend's own stream, memory from its context: no pycuda call
     without a current context (the backend pops it after every call)."""
@@ -751,6 +754,7 @@ def test_backend_without_tensorrt_names_what_to_do(
         TensorRTBackend(tiny_export, manifest, engine_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_pipelines_on_the_stand_in_match_onnxruntime(
     fake_trt: FakeTRT, fake_engines: Path, tiny_export: Path, tiny_runtime
 ) -> None:
@@ -767,6 +771,7 @@ def test_pipelines_on_the_stand_in_match_onnxruntime(
 
 
 # ------------------------------------------------------------------------------------------ gpu-report
+@pytest.mark.slow
 def test_gpu_report_on_the_stand_in(
     fake_trt: FakeTRT, tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

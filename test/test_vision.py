@@ -124,6 +124,7 @@ def test_config_presets() -> None:
         )
 
 
+@pytest.mark.slow
 def test_tiny_apple_round_trip_bit_exact() -> None:
     src = build_vision_tower(TINY_VISION).eval()
     _randomize_(src, 0)
@@ -140,6 +141,7 @@ def test_tiny_apple_round_trip_bit_exact() -> None:
     assert torch.equal(ref, features.flatten(2).transpose(1, 2))
 
 
+@pytest.mark.slow
 def test_tiny_train_form_reparameterizes() -> None:
     src = build_vision_tower(TINY_VISION, inference_mode=False).eval()
     _randomize_(src, 1)

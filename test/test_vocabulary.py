@@ -86,6 +86,7 @@ def test_the_runtime_names_unknown_words(vocab_export: Path, tiny_export: Path) 
     assert MobileORuntime.load(tiny_export).unknown_words("a dog") == []  # no vocabulary shipped
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_mobile_o_export_ships_the_checkpoints_vocabulary(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from mobile_o_ros.export.onnx_export import export_model
