@@ -110,6 +110,30 @@ def test_errors_are_one_line(argv: list[str], message: str) -> None:
     assert message in r.stderr
 
 
+def test_serve_runs_a_checkpoint_through_the_model_store(
+    tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--model-dir`` takes an export folder as it is, and a checkpoint as its export in the store."""
+    import json
+    import shutil
+
+    from mobile_o_ros.checkpoint_files import checkpoint_sha256
+
+    assert ros_cli._export_dir(str(tiny_export)) == tiny_export
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    sha = checkpoint_sha256(checkpoint)
+    cached = tmp_path / "cache" / "exports" / sha[:16]
+    shutil.copytree(tiny_export, cached)
+    manifest = json.loads((cached / "manifest.json").read_text())
+    manifest["source_checkpoint"] = {"path": str(checkpoint), "sha256": sha}
+    (cached / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("MOBILE_O_CACHE", str(tmp_path / "cache"))
+    assert ros_cli._export_dir(str(checkpoint)) == cached
+
+
 def test_ros_verbs_parse() -> None:
     args = _parse("ros", "ask", "what is this?", "--camera", "/front/image_raw", "--stream", "--json")
     assert (args.func, args.question, args.camera, args.stream, args.namespace) == (

@@ -88,17 +88,33 @@ def serve_argv(args: argparse.Namespace, overrides_file: str | None) -> list[str
     return argv
 
 
+def _export_dir(model: str) -> Path:
+    """The export folder ``--model-dir`` names: itself, or the model store's export of a checkpoint folder
+    (or of ``embedded`` / ``tiny-random``), made once and cached (making it needs torch)."""
+    from mobile_o_ros import model_store
+    from mobile_o_ros.checkpoint_files import CheckpointError
+
+    try:
+        ref = model_store.resolve(model)
+    except model_store.ModelError as err:
+        raise _cli_error(
+            f"--model-dir {model} is not a Mobile-O export folder (no manifest.json) or checkpoint (no "
+            f"config.json); create an export with `mobile-o export CHECKPOINT OUT_DIR` ({err})"
+        ) from err
+    try:
+        return model_store.export_of(
+            ref, progress=lambda m: print(f"mobile-o: {m}", file=sys.stderr, flush=True)
+        )
+    except (model_store.ModelError, CheckpointError) as err:
+        raise _cli_error(str(err)) from err
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the lifecycle node (autostart configures and activates it) until SIGINT/SIGTERM."""
     if args.params and not Path(args.params).is_file():
         raise _cli_error(f"params file not found: {args.params}")
     if args.model_dir:
-        model_dir = Path(args.model_dir)
-        if not (model_dir / "manifest.json").is_file():
-            raise _cli_error(
-                f"--model-dir {args.model_dir} is not a Mobile-O export folder (no manifest.json); "
-                "create one with `mobile-o export CHECKPOINT OUT_DIR`"
-            )
+        args.model_dir = str(_export_dir(args.model_dir))
     elif not (args.params and _params_file_has_model_dir(Path(args.params))):
         raise _cli_error("no model: give --model-dir DIR or set model_dir in the --params file")
     _require_rclpy()
@@ -290,7 +306,12 @@ def add_parsers(subparsers: Any) -> None:
         description="Start the Mobile-O node in namespace --namespace. Flags override --params (a ROS 2 "
         "params file, e.g. config/mobile_o.yaml); everything after --ros-args goes to rclpy.",
     )
-    p.add_argument("--model-dir", default=None, help="Mobile-O export folder (parameter model_dir)")
+    p.add_argument(
+        "--model-dir",
+        default=None,
+        help="Mobile-O export folder (parameter model_dir); a checkpoint folder, embedded or tiny-random is "
+        "exported once into the model store's cache",
+    )
     p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default=None, help="parameter backend")
     p.add_argument("--params", default=None, help="ROS 2 params file (/**: ros__parameters: ...)")
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="node namespace (default /mobile_o)")
