@@ -260,7 +260,7 @@ def _default_cell(spec: ParamSpec) -> str:
 
 
 def markdown_table() -> str:
-    """The parameter table of the README (docs/ros_interface.md), generated from :data:`PARAMETERS`."""
+    """The parameter table of the README, generated from :data:`PARAMETERS`."""
     rows = [
         "| Parameter | Type | Default | Constraints | Applies | Description |",
         "|---|---|---|---|---|---|",
