@@ -931,3 +931,22 @@ def test_trt_modules_import_without_tensorrt_pycuda_or_torch() -> None:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_seen_frame_answers_from_the_device_cache(
+    fake_trt: FakeTRT, fake_engines: Path, tiny_export: Path, tiny_runtime
+) -> None:
+    """frame() reads the prefix's cache back once; each ask_about() loads it into the device buffer and
+    answers as onnxruntime's independent ask does."""
+    from mobile_o_ros.runtime.engine import MobileORuntime
+
+    rt = MobileORuntime.load(tiny_export, backend="tensorrt", engine_dir=fake_engines)
+    picture = np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    frame = rt.frame(picture)
+    np.testing.assert_allclose(
+        frame.prefix_cache, tiny_runtime.frame(picture).prefix_cache, rtol=1e-3, atol=1e-3
+    )
+    for question in ("what is this?", "is there a red circle?"):
+        ours = rt.ask_about(frame, question, max_new_tokens=6)
+        assert ours.token_ids == tiny_runtime.ask(picture, question, max_new_tokens=6).token_ids
+    rt.close()

@@ -28,7 +28,7 @@ import re
 import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -185,8 +185,9 @@ def decode_raw(
             code = cv2.COLOR_YUV2RGB_NV12 if spec.kind == "nv12" else cv2.COLOR_YUV2RGB_NV21
             return np.ascontiguousarray(cv2.cvtColor(packed.reshape(rows, width), code))
         if spec.kind == "stretch":
-            order = ">" if is_bigendian else "<"
-            dtype = np.dtype(spec.dtype).newbyteorder(order) if spec.itemsize > 1 else np.dtype(spec.dtype)
+            dtype = np.dtype(spec.dtype)
+            if spec.itemsize > 1:
+                dtype = dtype.newbyteorder(">" if is_bigendian else "<")
             return _grey_to_rgb(stretch(packed.view(dtype).reshape(height, width)))
         msg = SimpleNamespace(
             height=height,
@@ -195,7 +196,7 @@ def decode_raw(
             is_bigendian=bool(is_bigendian) if spec.itemsize > 1 else sys.byteorder != "little",
             data=packed,
         )
-        rgb = image_to_cvimage(msg, "rgb8")
+        rgb = image_to_cvimage(cast(Any, msg), "rgb8")  # reads only the fields given here
     except (ImageError, cv2.error, ValueError, TypeError) as err:
         raise DecodeError(f"cannot convert {what} from {encoding}: {str(err).splitlines()[0]}") from err
     return np.ascontiguousarray(rgb, dtype=np.uint8)
@@ -263,8 +264,8 @@ def decode_compressed(fmt: str, data: Any, what: str = "compressed image") -> np
                 )
             grey = img if img.dtype == np.uint8 else stretch(img)
             return _grey_to_rgb(grey)
-        if img.dtype != np.uint8:
-            img = np.round(img.astype(np.float64) * (255.0 / np.iinfo(img.dtype).max)).astype(np.uint8)
+        if img.dtype == np.uint16:
+            img = np.round(img.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
         stored_rgb = parsed.stored_encoding.startswith("rgb")
         if img.shape[2] == 4:
             rgb = cv2.cvtColor(img, cv2.COLOR_RGBA2RGB if stored_rgb else cv2.COLOR_BGRA2RGB)

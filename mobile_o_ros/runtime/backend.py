@@ -51,6 +51,20 @@ class KVCache:
         self.cache = out["kv_cache_out"]
         return {name: out[name] for name in outputs}
 
+    def read(self) -> np.ndarray:
+        """A host copy of the cache as the last call left it."""
+        if self.cache is None:
+            raise BackendError(f"the KV cache of graph {self.graph!r} is closed")
+        return np.array(self.cache, dtype=np.float32, copy=True)
+
+    def load(self, values: np.ndarray) -> None:
+        """Replace the cache's contents with ``values`` (a host array of its shape), e.g. a prefix that an
+        earlier cache computed, so the next call continues from it."""
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape != self.shape:
+            raise BackendError(f"KV cache of {self.graph!r} is {list(self.shape)}, got {list(values.shape)}")
+        self.cache = values.copy()
+
     def close(self) -> None:
         """Drop the cache."""
         self.cache = None

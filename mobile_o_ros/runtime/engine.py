@@ -6,7 +6,6 @@ flow scheduler, CFG combine and latent math in fp32, token sampling. Engines run
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +15,20 @@ from mobile_o_ros import prompts, validation, vocabulary
 from mobile_o_ros.manifest import load_manifest
 from mobile_o_ros.model_config import Defaults
 from mobile_o_ros.results import AskResult, CancelCheck, ImageResult, StepCallback, TokenCallback
+from mobile_o_ros.runtime import frame_context
 from mobile_o_ros.runtime.backend import Backend
+from mobile_o_ros.runtime.decoding import capacity_for, decode_mask, generate_tokens
+from mobile_o_ros.runtime.frame_context import FrameContext
 from mobile_o_ros.runtime.preprocess import preprocess_image
-from mobile_o_ros.runtime.sampling import initial_latents, make_rng, sample_next_token
+from mobile_o_ros.runtime.sampling import initial_latents, make_rng
 from mobile_o_ros.runtime.scheduler import FlowDPMSolverScheduler
-from mobile_o_ros.runtime.tokenizer import IncrementalDecoder, TextTokenizer
+from mobile_o_ros.runtime.tokenizer import TextTokenizer
 
 
 def postprocess(image: np.ndarray) -> np.ndarray:
     """VAE output [1, 3, H, W] in ~[−1, 1] → uint8 [H, W, 3]: x/2 + 0.5, clip, ×255, round."""
     x = np.clip(image[0].astype(np.float32) / 2 + 0.5, 0.0, 1.0).transpose(1, 2, 0)
     return np.round(x * 255).astype(np.uint8)
-
-
-def decode_mask(positions: np.ndarray, capacity: int, mask_value: float = -30000.0) -> np.ndarray:
-    """Additive mask [1, 1, T, C] for the ``llm`` graph: query at absolute position p sees cache slots ≤ p."""
-    visible = np.arange(capacity)[None, :] <= positions[:, None]
-    return np.where(visible, 0.0, mask_value).astype(np.float32)[None, None]
 
 
 def make_backend(export_dir: Path, manifest: dict[str, Any], backend: str, **options: Any) -> Backend:
@@ -186,15 +182,14 @@ class MobileORuntime:
         noise = self.initial_latents(used_seed) if latents is None else np.asarray(latents, dtype=np.float32)
         cond = self.conditioning(embeds)
         out = self.denoise(cond, noise, request.steps, request.guidance_scale, on_step, should_cancel)
-        made = {
-            "seed": used_seed,
-            "steps": request.steps,
-            "guidance_scale": request.guidance_scale,
-            "prompt_tokens": len(embeds),
-        }
-        if out is None:
-            return ImageResult(None, cancelled=True, **made)
-        return ImageResult(self.decode(out), **made)
+        return ImageResult(
+            None if out is None else self.decode(out),
+            used_seed,
+            request.steps,
+            cancelled=out is None,
+            prompt_tokens=len(embeds),
+            guidance_scale=request.guidance_scale,
+        )
 
     def generate(
         self,
@@ -256,35 +251,39 @@ class MobileORuntime:
             else prompts.chat_prompt(request.question)
         )
         embeds = self.prompt_embeddings(prompt, image, reserve=n_new)
-        capacity = int(math.ceil((len(embeds) + n_new) / 64) * 64)
+        capacity = capacity_for(len(embeds) + n_new)
         positions = np.arange(len(embeds), dtype=np.int64)
-        step_embeds = embeds
-        decoder = IncrementalDecoder(self.tokenizer)
-        ids: list[int] = []
-        text = ""
-        cancelled = False
         with self.backend.kv_cache("llm", self.kv_shape(capacity)) as kv:  # stays on the device (TensorRT)
-            for _ in range(n_new):
-                if should_cancel is not None and should_cancel():
-                    cancelled = True
-                    break
-                feeds: dict[str, np.ndarray] = {
-                    "inputs_embeds": step_embeds[None].astype(np.float32),
-                    "position_ids": positions[None],
-                    "attention_mask": decode_mask(positions, capacity, self.model_info["mask_value"]),
-                }
-                logits = kv.run(feeds, outputs=("logits",))["logits"]
-                token = sample_next_token(logits[0], request.temperature, request.top_p, request.top_k, rng)
-                if token == self.eos_id:
-                    break
-                ids.append(token)
-                text += decoder.add(token)
-                if on_token is not None:
-                    on_token(text, len(ids))
-                step_embeds = np.asarray(self.embed_table[token : token + 1], dtype=np.float32)
-                positions = np.array([positions[-1] + 1], dtype=np.int64)
+            ids, cancelled = generate_tokens(
+                kv,
+                self.tokenizer,
+                self.embed_table,
+                self.model_info,
+                self.eos_id,
+                embeds,
+                positions,
+                capacity,
+                request,
+                rng,
+                on_token,
+                should_cancel,
+            )
         answer = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return AskResult(answer, len(ids), used_seed, ids, cancelled, prompt_tokens=len(embeds))
+
+    def frame(self, image: np.ndarray) -> FrameContext:
+        """See a picture once: its vision tokens and the KV cache of the prompt before the question, which
+        :meth:`ask_about` and :meth:`edit_frame` reuse (:mod:`mobile_o_ros.runtime.frame_context`)."""
+        return frame_context.make_frame(self, image)
+
+    def ask_about(self, frame: FrameContext, question: str, **options: Any) -> AskResult:
+        """:meth:`ask` about a seen frame (same options, same greedy answer), prefilling only the
+        question."""
+        return frame_context.ask_about(self, frame, question, **options)
+
+    def edit_frame(self, frame: FrameContext, instruction: str, **options: Any) -> ImageResult:
+        """:meth:`edit` of a seen frame (same options except ``latents``), reusing its vision tokens."""
+        return frame_context.edit_frame(self, frame, instruction, **options)
 
     def unknown_words(self, text: str) -> list[str]:
         """The words of ``text`` the model never saw in training ([] when the export ships no vocabulary)."""

@@ -159,6 +159,21 @@ class _DeviceKVCache(KVCache):
         self.pair.reverse()
         return out
 
+    def read(self) -> np.ndarray:
+        """A host copy (fp32) of the device cache: the buffer the next call reads."""
+        if self.pair is None:
+            raise BackendError(f"the KV cache of graph {self.graph!r} is closed")
+        return self.backend._kv_transfer(self._eng, self.pair[0], self.shape, None)
+
+    def load(self, values: np.ndarray) -> None:
+        """Copy a host array of the cache's shape into the buffer the next call reads."""
+        if self.pair is None:
+            raise BackendError(f"the KV cache of graph {self.graph!r} is closed")
+        values = np.asarray(values)
+        if values.shape != self.shape:
+            raise BackendError(f"KV cache of {self.graph!r} is {list(self.shape)}, got {list(values.shape)}")
+        self.backend._kv_transfer(self._eng, self.pair[0], self.shape, values)
+
     def close(self) -> None:
         """Forget the buffers (they belong to the backend and are reused by the next cache)."""
         self.pair = None
@@ -405,6 +420,25 @@ class TensorRTBackend(Backend):
             eng.host[name] = self._cuda.pagelocked_empty(max(eng.capacity[name], 1), np.uint8)
         dtype = eng.dtypes[name]
         return eng.host[name][: _volume(shape) * dtype.itemsize].view(dtype).reshape(shape)
+
+    def _kv_transfer(
+        self, eng: _Engine, buf: Any, shape: tuple[int, ...], values: np.ndarray | None
+    ) -> np.ndarray:
+        """Copy a KV cache between the device buffer ``buf`` and the host through the page-locked staging
+        array of the cache input: to the device when ``values`` is given, else back to the host (fp32)."""
+        self._check_owner()
+        self._context.push()
+        try:
+            staged = self._host(eng, KV_INPUT, shape)  # page-locked: allocated inside the context
+            if values is not None:
+                np.copyto(staged, values, casting="unsafe")
+                self._cuda.memcpy_htod_async(buf, staged, self._stream)
+            else:
+                self._cuda.memcpy_dtoh_async(staged, buf, self._stream)
+            self._stream.synchronize()
+        finally:
+            self._cuda.Context.pop()
+        return staged.astype(np.float32, copy=True)
 
     def _zero(self, buf: Any, nbytes: int) -> None:
         self._context.push()
