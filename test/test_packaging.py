@@ -73,7 +73,19 @@ MSGS = {
         "question": "string",
         "answer": "string",
         "latency_ms": "float",
-    }
+    },
+    "FrameAnnotation": {
+        "header": H,
+        "stamp_from_log_time": "boolean",
+        "source_topic": "string",
+        "frame_index": "uint64",
+        "task": "string",
+        "type": "string",
+        "question": "string",
+        "answer": "string",
+        "value": "string",
+        "error": "string",
+    },
 }
 SRVS = {
     "AskScene": (ASK_REQ, ASK_RESP),
@@ -87,7 +99,7 @@ ACTIONS = {
 }
 #: The outcome constants of every service response and action result (the ``status`` field).
 STATUS = {"OK": 0, "BUSY": 1, "NOT_ACTIVE": 2, "INVALID": 3, "CANCELLED": 4, "FAILED": 5}
-DEFAULTS = {"string": "", "uint8": 0, "uint32": 0, "int64": 0, "float": 0.0, "boolean": False}
+DEFAULTS = {"string": "", "uint8": 0, "uint32": 0, "uint64": 0, "int64": 0, "float": 0.0, "boolean": False}
 
 
 def _check_type(cls, expected: dict[str, str]) -> None:
