@@ -64,8 +64,11 @@ class Pipeline(Protocol):
     name: str
     #: The model's sampling defaults.
     defaults: Defaults
-    #: (C, H, W) of the latents the DiT denoises.
-    latent_shape: tuple[int, ...]
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of the latents the DiT denoises."""
+        ...
 
     def ask(
         self,

@@ -14,6 +14,7 @@ from mobile_o_ros.export import graphs
 from mobile_o_ros.reference.checkpoint import LoadedCheckpoint
 from mobile_o_ros.reference.pipelines import ReferencePipeline, tokenizer_image_token
 from mobile_o_ros.reference.preprocess import reference_preprocess
+from mobile_o_ros.results import AskResult, ImageResult, Pipeline
 from mobile_o_ros.runtime.engine import MobileORuntime, decode_mask
 
 COSINE_THRESHOLD = 0.99999
@@ -168,23 +169,24 @@ def end_to_end_parity(
     reference and the runtime pipelines, each with the model's defaults."""
     reference = ReferencePipeline(loaded.model.float(), loaded.tokenizer, gen_dtype=torch.float32)
     image = test_image(seed=seed + 1)
-    ref, rt = (
-        {
-            "ask": pipe.ask(image, "what colour is the square?", seed=seed),
-            "generate": pipe.generate("a blue triangle at the top", steps=steps, seed=seed).image,
-            "edit": pipe.edit(image, "make the square green", steps=steps, seed=seed).image,
-        }
-        for pipe in (reference, runtime)
-    )
+
+    def run(pipe: Pipeline) -> tuple[AskResult, ImageResult, ImageResult]:
+        return (
+            pipe.ask(image, "what colour is the square?", seed=seed),
+            pipe.generate("a blue triangle at the top", steps=steps, seed=seed),
+            pipe.edit(image, "make the square green", steps=steps, seed=seed),
+        )
+
+    (ref_ans, ref_gen, ref_edit), (rt_ans, rt_gen, rt_edit) = run(reference), run(runtime)
     return {
         "answer": {
-            "reference": ref["ask"].answer,
-            "runtime": rt["ask"].answer,
-            "identical_ids": ref["ask"].token_ids == rt["ask"].token_ids,
-            "num_tokens": ref["ask"].num_tokens,
+            "reference": ref_ans.answer,
+            "runtime": rt_ans.answer,
+            "identical_ids": ref_ans.token_ids == rt_ans.token_ids,
+            "num_tokens": ref_ans.num_tokens,
         },
-        "generate": {"psnr_db": psnr(ref["generate"], rt["generate"]), "steps": steps},
-        "edit": {"psnr_db": psnr(ref["edit"], rt["edit"]), "steps": steps},
+        "generate": {"psnr_db": psnr(ref_gen.image, rt_gen.image), "steps": steps},
+        "edit": {"psnr_db": psnr(ref_edit.image, rt_edit.image), "steps": steps},
     }
 
 

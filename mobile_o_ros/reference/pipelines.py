@@ -213,15 +213,14 @@ class ReferencePipeline:
         )
         cond = self.conditioning(embeds)
         out = self.denoise(cond, noise, request.steps, request.guidance_scale, on_step, should_cancel)
-        made = {
-            "seed": used_seed,
-            "steps": request.steps,
-            "guidance_scale": request.guidance_scale,
-            "prompt_tokens": int(embeds.shape[1]),
-        }
-        if out is None:
-            return ImageResult(None, cancelled=True, **made)
-        return ImageResult(self.decode(out), **made)
+        return ImageResult(
+            None if out is None else self.decode(out),
+            used_seed,
+            request.steps,
+            cancelled=out is None,
+            prompt_tokens=int(embeds.shape[1]),
+            guidance_scale=request.guidance_scale,
+        )
 
     @torch.inference_mode()
     def generate(

@@ -247,13 +247,16 @@ def run_selftest(
         },
     }
     t0 = time.perf_counter()
-    sampling = {"steps": steps, "guidance_scale": guidance_scale}
     if "vqa" in tasks:
         result["vqa"] = run_vqa(pipeline, limits["vqa"], progress)
     if "generation" in tasks:
-        result["generation"] = run_generation(pipeline, limits["generation"], progress, save_dir, **sampling)
+        result["generation"] = run_generation(
+            pipeline, limits["generation"], progress, save_dir, steps, guidance_scale
+        )
     if "editing" in tasks:
-        result["editing"] = run_editing(pipeline, limits["editing"], progress, save_dir, **sampling)
+        result["editing"] = run_editing(
+            pipeline, limits["editing"], progress, save_dir, steps, guidance_scale
+        )
     result["scores"] = {t: result[t]["overall"] for t in ("vqa", "generation", "editing") if t in result}
     result["meets_targets"] = {t: bool(v >= TARGETS[t]) for t, v in result["scores"].items()}
     result["seconds"] = round(time.perf_counter() - t0, 1)
