@@ -44,6 +44,7 @@ def test_defaults_come_from_the_config(pipe: ReferencePipeline, tiny_loaded) -> 
     assert (result.steps, result.guidance_scale) == (1, pipe.defaults.guidance_scale)
 
 
+@pytest.mark.slow
 def test_generate_is_512_rgb_and_seeded(pipe: ReferencePipeline) -> None:
     a = pipe.generate("a red circle", steps=3, seed=7)
     b = pipe.generate("a red circle", steps=3, seed=7)

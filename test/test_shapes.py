@@ -247,6 +247,7 @@ def test_selftest_small_sample_matches_model_card(small_selftest: dict) -> None:
     assert small_selftest["vqa"]["n"] == small_selftest["limits"]["vqa"]
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_selftest_samples_with_the_models_own_defaults(small_selftest: dict) -> None:
     """Without --steps/--guidance the self-test uses the checkpoint's sampling defaults, and says so."""
