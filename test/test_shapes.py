@@ -258,6 +258,7 @@ def test_selftest_samples_with_the_models_own_defaults(small_selftest: dict) -> 
     assert small_selftest["sampling"] == want
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_selftest_small_sample_meets_targets(small_selftest: dict) -> None:
     """The targets (VQA ≥ 0.90, generation ≥ 0.80, editing ≥ 0.70) on the small sample."""
