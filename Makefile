@@ -18,19 +18,20 @@ JAZZY := MOBILE_O_VENV=.venv-jazzy MOBILE_O_TIERS="runtime dev ros-jazzy" MOBILE
 LANE_ENV := unset VIRTUAL_ENV PYTHONPATH PYTHONSAFEPATH AMENT_PREFIX_PATH CMAKE_PREFIX_PATH LD_LIBRARY_PATH \
 	_ROS_WHEELS_BOOTSTRAP_COMPLETE MOBILE_O_VENV MOBILE_O_INSTALL; export MOBILE_O_TINY_EXPORT=$(CURDIR)/$(TINY_EXPORT);
 
-.PHONY: help setup test test-gpu gpu-first-run test-py310 test-jazzy setup-py310 setup-jazzy tiny-export demo bench lint \
+.PHONY: help setup test test-fast test-gpu gpu-first-run test-py310 test-jazzy setup-py310 setup-jazzy tiny-export demo bench lint \
 	clean distclean
 
 help:
 	@echo "make setup     build .venv (pinned requirements), /opt/python include links, colcon build"
 	@echo "make test      run the test suite (pytest test -q -rfEs) and report skipped tests"
+	@echo "make test-fast the unit tests: no ROS 2 node or DDS server, no GPU, no training (under a minute)"
 	@echo "make test-gpu  run only the GPU tests (pytest -m gpu)"
 	@echo "make gpu-first-run  mobile-o gpu-report: what the first TensorRT GPU must answer (gpu_report/)"
 	@echo "make test-py310  the torch-free runtime tier on Python 3.10 + numpy 1.26 (.venv-py310)"
 	@echo "make test-jazzy  the ROS tests (and the runtime tier) on ROS 2 Jazzy (.venv-jazzy, install-jazzy/)"
 	@echo "make demo      mobile-o demo --out demo_out"
 	@echo "make bench     mobile-o bench --out bench_out"
-	@echo "make lint      ruff check"
+	@echo "make lint      ruff check, ruff format --check, the import contract (.importlinter), mypy (runtime/, ros/)"
 	@echo "make clean     remove build/ install/ log/ and outputs (keeps the venvs); distclean also the venvs"
 
 setup:
@@ -43,6 +44,10 @@ test: setup
 	 skipped=$$(tail -n 5 log/pytest.txt | grep -Eo '[0-9]+ skipped' | tail -n 1 | grep -Eo '[0-9]+' || true); \
 	 echo "make test: $${skipped:-0} test(s) skipped (reasons in the summary above)"; \
 	 exit $$rc
+
+# The main suite's unit tests (test/conftest.py: the ros, gpu and slow marks).
+test-fast: setup
+	@$(ENV) python -m pytest test -q -rfEs -m "not ros and not gpu and not slow" $(PYTEST_ARGS)
 
 test-gpu: setup
 	@rc=0; $(ENV) python -m pytest test -q -rfEs -m gpu $(PYTEST_ARGS) || rc=$$?; \
@@ -79,7 +84,7 @@ bench: setup
 	$(ENV) mobile-o bench --out bench_out
 
 lint: setup
-	$(ENV) ruff check .
+	@$(ENV) bash scripts/lint.sh
 
 clean:
 	rm -rf build install log demo_out bench_out .pytest_cache .ruff_cache *.egg-info
