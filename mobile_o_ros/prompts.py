@@ -1,4 +1,4 @@
-"""Prompt templates and special tokens of the Mobile-O reference (facts §1.7, §3-§5).
+"""Prompt templates and special tokens of the Mobile-O reference.
 
 Shared by the PyTorch reference and the torch-free runtime, so both build byte-identical prompts.
 """
@@ -25,15 +25,15 @@ def chat_prompt(user_content: str, system: str = SYSTEM_PROMPT) -> str:
 
 
 def generation_prompt(caption: str) -> str:
-    """Text-to-image prompt (facts §3.1)."""
+    """Text-to-image prompt: the generation prefix, then the caption."""
     return chat_prompt(GENERATION_PREFIX + caption)
 
 
 def edit_prompt(instruction: str) -> str:
-    """Editing prompt: the image placeholder right after the user header (facts §4)."""
+    """Editing prompt: the image placeholder right after the user header, then the instruction."""
     return chat_prompt(f"{IMAGE_PLACEHOLDER}\n{EDIT_PREFIX}{instruction}")
 
 
 def vqa_prompt(question: str) -> str:
-    """Visual question prompt: ``<image>`` newline question (facts §5)."""
+    """Visual question prompt: ``<image>`` newline question."""
     return chat_prompt(f"{IMAGE_PLACEHOLDER}\n{question}")

@@ -20,7 +20,7 @@ from mobile_o_ros.ros import params
 pytestmark = pytest.mark.runtime
 
 REPO = Path(__file__).resolve().parents[1]
-#: The file holding the tables (switch to REPO / "README.md" once the tables are merged there).
+#: The file holding the tables.
 README_PATH = REPO / "README.md"
 NAMESPACE = params.DEFAULT_NAMESPACE
 

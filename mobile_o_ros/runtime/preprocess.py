@@ -1,4 +1,4 @@
-"""Image preprocessing for the vision tower without torch or PIL (facts §4, §5).
+"""Image preprocessing for the vision tower without torch or PIL.
 
 Reproduces LLaVA's ``expand2square`` (black) followed by HF ``CLIPImageProcessor`` with
 ``shortest_edge=1024``, ``crop_size=1024``, bicubic, rescale 1/255, mean 0 / std 1. The bicubic resize is a

@@ -1,4 +1,4 @@
-"""Numpy port of diffusers 0.35.2 ``DPMSolverMultistepScheduler`` for SANA's flow config (facts §1.6).
+"""Numpy port of diffusers 0.35.2 ``DPMSolverMultistepScheduler`` for SANA's flow config.
 
 Only the configuration SANA uses is supported: DPM-Solver++ (order 1 or 2, midpoint or heun), flow
 prediction with flow sigmas, final sigma zero, no thresholding. The schedule is built in float64 exactly as

@@ -1,4 +1,4 @@
-"""Host-side text tokenisation for the Qwen2 LLM, built on ``tokenizers`` only (facts §1.7, §4, §5).
+"""Host-side text tokenisation for the Qwen2 LLM, built on ``tokenizers`` only.
 
 Loads ``tokenizer.json`` when present, otherwise rebuilds the fast tokenizer from a slow checkpoint
 (``vocab.json`` + ``merges.txt`` + added tokens) the way transformers' ``Qwen2Converter`` does. Also

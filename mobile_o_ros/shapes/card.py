@@ -141,7 +141,7 @@ def write_card(model_dir: Path, scores: dict[str, Any]) -> Path:
             "default anyway: the whole stack runs on weights that were trained for these tasks, and every",
             "figure above is measured and re-checked by the tests, so an export or backend change that",
             "breaks something shows up as a drop. The per-category figures say where it fails; the",
-            "project's issue 6 has what was tried and measured.",
+            "docs/shapes_training.md has the variants tried and measured.",
             "",
         ]
     path = model_dir / "MODEL_CARD.md"
