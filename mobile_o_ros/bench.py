@@ -1,8 +1,11 @@
-"""``make bench``: per-component latency and peak memory, torch eager against onnxruntime CPU.
+"""``make bench``: per-component latency and peak memory, torch eager against onnxruntime CPU, and fp32
+against int8 onnxruntime (:mod:`mobile_o_ros.bench_int8`).
 
 Each (component, engine) pair runs in its own subprocess so its peak RSS is its own. Real sizes with
 random weights by default (``real-0.5b``); ``--quick`` uses the tiny config. Writes ``bench.json`` and
 ``bench.png`` under the output folder. TensorRT joins when ``tensorrt`` imports and a GPU is present.
+A loaded machine is refused, and each row records the load average and CPU model before and after it
+(:mod:`mobile_o_ros.bench_load`).
 """
 
 from __future__ import annotations
@@ -415,31 +418,22 @@ def _tensorrt_rows(tensorrt_export: Path | None) -> dict[str, Any]:
     return run_trt_bench(Path(tensorrt_export))
 
 
-def run_bench(
-    out_dir: Path,
-    quick: bool = False,
-    components: list[str] | None = None,
-    tensorrt_export: Path | None = None,
-) -> int:
-    """Run every component on both engines and write ``bench.json`` and ``bench.png``; returns 0."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = "tiny" if quick else "real-0.5b"
-    onnx_dir = out_dir / "onnx" / config
-    report: dict[str, Any] = {
-        "config": config,
-        "machine": _machine(),
-        "components": {},
-        "settings": {
-            "prefill_tokens": PREFILL_TOKENS,
-            "text_tokens": TEXT_TOKENS,
-            "generation_steps": GENERATION_STEPS,
-            "dit_batch": 2,
-            "method": "median wall time after warm-up, one subprocess per row",
-        },
-    }
-    timeout = 600 if quick else 3600
-    for comp in components or COMPONENTS:
+#: The bench's sections in run order (``--sections`` picks some): ``components`` (torch eager against
+#: onnxruntime CPU per component) and ``int8`` (fp32 against int8 onnxruntime,
+#: :mod:`mobile_o_ros.bench_int8`). Time to first token (cold and warm) and the annotation frame rate are
+#: further sections of this list.
+SECTIONS = ("components", "int8")
+
+
+def _components_section(
+    config: str, onnx_dir: Path, components: list[str], timeout: float, loaded: bool
+) -> dict[str, Any]:
+    """torch eager against onnxruntime CPU per component, each row with the machine before and after."""
+    from mobile_o_ros.bench_load import mark, snapshot
+
+    rows: dict[str, Any] = {}
+    for comp in components:
+        before = snapshot()
         t0 = time.perf_counter()
         exp = _worker(["--export", config, comp, str(onnx_dir)], timeout)
         row: dict[str, Any] = {}
@@ -452,7 +446,7 @@ def run_bench(
             if t and o:
                 row["speedup_onnxruntime_vs_torch"] = round(t / o, 3)
         row["wall_s"] = round(time.perf_counter() - t0, 1)
-        report["components"][comp] = row
+        rows[comp] = mark(row, before, snapshot(), loaded)
         t = row.get("torch", {}).get("median_ms")
         o = row.get("onnxruntime", {}).get("median_ms")
         print(
@@ -460,11 +454,93 @@ def run_bench(
             f"{o if o is None else f'{o:10.1f}'} ms   {row.get('error', '')}",
             flush=True,
         )
+    return rows
+
+
+def _int8_section(config: str, onnx_dir: Path, quick: bool, loaded: bool) -> dict[str, Any]:
+    """fp32 against int8 onnxruntime CPU per graph and end to end (:mod:`mobile_o_ros.bench_int8`)."""
+    from mobile_o_ros.bench_int8 import GRAPHS, int8_section
+    from mobile_o_ros.bench_load import mark, snapshot
+
+    component_of = {"vision": "vision", "llm": "llm_prefill", "mcp": "mcp", "dit": "dit_step"}
+    component_of["vae_decoder"] = "vae_decode"
+
+    def export(graphs: list[str]) -> str | None:
+        for graph in graphs:
+            out = _worker(["--export", config, component_of[graph], str(onnx_dir)], 3600)
+            if "error" in out:
+                return out["error"]
+        return None
+
+    before = snapshot()
+    section = int8_section(config, onnx_dir, quick, export, GRAPHS)
+    return mark(section, before, snapshot(), loaded)
+
+
+def run_bench(
+    out_dir: Path,
+    quick: bool = False,
+    components: list[str] | None = None,
+    tensorrt_export: Path | None = None,
+    sections: list[str] | None = None,
+    allow_loaded: bool = False,
+    load: Any = None,
+) -> int:
+    """Run the chosen sections (default all of :data:`SECTIONS`) and write ``bench.json`` (and ``bench.png``
+    for the components); returns 0.
+
+    Refuses to start on a loaded machine (:func:`mobile_o_ros.bench_load.check_machine`: a CliError, exit 2)
+    unless ``allow_loaded``, which marks every row ``loaded``. ``load``: the load-average source (default
+    ``os.getloadavg``).
+    """
+    from mobile_o_ros.bench_load import check_machine, snapshot
+
+    chosen = sections or list(SECTIONS)
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        from mobile_o_ros.errors import CliError
+
+        raise CliError(f"unknown bench sections {', '.join(unknown)} (choose from {', '.join(SECTIONS)})")
+    load = load or os.getloadavg
+    at_start = check_machine(allow_loaded, load)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = "tiny" if quick else "real-0.5b"
+    onnx_dir = out_dir / "onnx" / config
+    report: dict[str, Any] = {
+        "config": config,
+        "machine": {**_machine(), **snapshot(load)},
+        "load_check": {
+            "at_start": at_start,
+            "allow_loaded": allow_loaded,
+            "rows_marked_loaded": allow_loaded,
+        },
+        "sections": chosen,
+        "settings": {
+            "prefill_tokens": PREFILL_TOKENS,
+            "text_tokens": TEXT_TOKENS,
+            "generation_steps": GENERATION_STEPS,
+            "dit_batch": 2,
+            "method": "median wall time after warm-up, one subprocess per row",
+        },
+    }
+    timeout = 600 if quick else 3600
+    if "components" in chosen:
+        report["components"] = _components_section(
+            config, onnx_dir, components or list(COMPONENTS), timeout, allow_loaded
+        )
+    if "int8" in chosen:
+        report["int8"] = _int8_section(config, onnx_dir, quick, allow_loaded)
     report["tensorrt"] = _tensorrt_rows(tensorrt_export)
     print(f"tensorrt: {report['tensorrt'].get('skipped', 'measured')}")
+    report["machine_after"] = snapshot(load)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, out_dir / "bench.png")
-    print(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'}")
+    if report.get("components"):
+        plot(report, out_dir / "bench.png")
+    print(
+        f"wrote {out_dir / 'bench.json'}"
+        + (f" and {out_dir / 'bench.png'}" if report.get("components") else "")
+    )
     return 0
 
 

@@ -206,6 +206,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mobile_o_ros.reference.checkpoint import CheckpointError, load_checkpoint
 
     model_dir = _check_model(args.model).path
+    calibration = _calibration(args)
     try:
         loaded = load_checkpoint(model_dir)
     except CheckpointError as err:
@@ -220,7 +221,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     graphs = ", ".join(manifest["graphs"])
     print(f"exported {graphs} to {args.out_dir} in {time.perf_counter() - t0:.1f} s")
+    if calibration is not None:
+        from mobile_o_ros.export.quantize import quantize_export
+
+        section = quantize_export(Path(args.out_dir), calibration, force=args.force_int8 or ())
+        chosen = [g for g, d in section["graphs"].items() if d["mode"] != "fp32"]
+        print(f"int8: {', '.join(chosen) or 'no graph'} (decisions in manifest.json 'quantization')")
     return 0
+
+
+def _calibration(args: argparse.Namespace):
+    """The calibration set of ``export --quantize int8`` (None without it), or a CliError."""
+    if not args.quantize:
+        if args.calibration or args.force_int8:
+            raise CliError("--calibration and --force-int8 need --quantize int8")
+        return None
+    if args.only:
+        raise CliError("--quantize runs the whole pipeline to calibrate: export every graph (no --only)")
+    from mobile_o_ros.manifest import REQUIRED_GRAPHS
+
+    unknown = sorted(set(args.force_int8 or ()) - set(REQUIRED_GRAPHS))
+    if unknown:
+        raise CliError(
+            f"--force-int8: unknown graphs {', '.join(unknown)} (choose from {', '.join(REQUIRED_GRAPHS)})"
+        )
+    from mobile_o_ros.export.calibration import CalibrationError
+    from mobile_o_ros.shapes.calibration import calibration_set
+
+    try:
+        return calibration_set(args.calibration)
+    except CalibrationError as err:
+        raise CliError(str(err)) from err
 
 
 def _print_graph_rows(graph_results: dict) -> None:
@@ -288,6 +319,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         components=args.components,
         tensorrt_export=Path(args.tensorrt_export) if args.tensorrt_export else None,
+        sections=args.sections,
+        allow_loaded=args.allow_loaded,
     )
 
 
@@ -393,6 +426,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="the host embedding table: auto = fp16 when the checkpoint stores it in 16 bits, else fp32",
     )
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="also write int8 (QDQ) graphs where they pay; the manifest records each decision",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        metavar="DIR",
+        help="with --quantize: images/*.png|jpg and prompts.txt to calibrate on (default: shapes scenes)",
+    )
+    p.add_argument(
+        "--force-int8",
+        nargs="+",
+        default=None,
+        metavar="GRAPH",
+        help="with --quantize: keep these graphs int8 whatever their measured speed and cosine",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("parity", help="compare an export with the PyTorch reference")
@@ -423,6 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     p.add_argument("--components", nargs="+", default=None, help="only these components")
     p.add_argument("--tensorrt-export", default=None, help="also measure TensorRT engines of this export")
+    p.add_argument(
+        "--sections", nargs="+", default=None, help="only these sections: components, int8 (default all)"
+    )
+    p.add_argument(
+        "--allow-loaded",
+        action="store_true",
+        help="run although the 1-minute load is above half the cores; every row is marked loaded",
+    )
     p.set_defaults(func=cmd_bench)
 
     from mobile_o_ros.shapes.cli import add_parsers as add_shapes_parsers
