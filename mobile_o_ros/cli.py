@@ -490,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_shapes_parsers(sub)  # train-demo, selftest
     add_draw_scene_parser(sub)
+    from mobile_o_ros.annotate.cli import add_parsers as add_annotate_parsers
+
+    add_annotate_parsers(sub)  # annotate, make-field-bag
     return parser
 
 

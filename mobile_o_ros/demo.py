@@ -257,7 +257,19 @@ def _html(summary: dict[str, Any], records: dict[str, list[dict[str, Any]]]) -> 
         f"<h2>Questions about live camera frames</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
         f'<h2>Generated images</h2><div class="grid">{gens}</div>'
         f'<h2>Edited camera frame</h2><div class="grid">{edits}</div>'
+        f"{_annotate_html(s.get('annotate'))}"
         f'<p class="meta">Written by <code>mobile-o demo</code> · {e(s["finished"])}</p></body></html>'
+    )
+
+
+def _annotate_html(a: dict[str, Any] | None) -> str:
+    """The demo page's link to the annotated field recording's contact sheet ("" without one)."""
+    if not a:
+        return ""
+    return (
+        f"<h2>A field recording, annotated</h2><p><a href='{html.escape(a['index'])}'>Contact sheet</a> of "
+        f"{a['frames']} frames ({a['frames_failed']} corrupt on purpose): typed answers right on "
+        f"{a['bool_enum_right_pct']}% of bool and enum questions, {a['frames_per_second']} frames/s.</p>"
     )
 
 
@@ -397,6 +409,9 @@ def run_demo(out_dir: Path, model: str | None = None, steps: int | None = None) 
         except subprocess.TimeoutExpired:
             server.kill()
 
+    from mobile_o_ros.annotate.demo import annotate_demo
+
+    field = annotate_demo(out_dir, str(export_dir), log=lambda m: print(m, flush=True))
     q = records["questions"]
     graded = [r["correct"] for r in q if r.get("expected")]
     summary = {
@@ -423,6 +438,7 @@ def run_demo(out_dir: Path, model: str | None = None, steps: int | None = None) 
             "detector_correct": _count_checks(records["edits"]),
             "median_latency_ms": statistics.median(r["latency_ms"] for r in records["edits"]),
         },
+        "annotate": field,
         "wall_s": round(time.perf_counter() - t_start, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "records": records,
@@ -441,6 +457,10 @@ def run_demo(out_dir: Path, model: str | None = None, steps: int | None = None) 
             f"{name:<10} {len(rows):>3} {summary[key]['median_latency_ms']:>12.0f} ms"
             + (f"  detector: {checked} as asked" if checked else "")
         )
+    print(
+        f"{'annotate':<10} {field['frames']:>3} field-bag frames, {field['frames_per_second']} frames/s, "
+        f"{field['bool_enum_right_pct']}% of bool/enum answers right: {out_dir / field['index']}"
+    )
     print(f"\nwrote {out_dir / 'index.html'} and {out_dir / 'summary.json'} in {summary['wall_s']:.0f} s")
     print(f"this was the {description}.\n{summary['how_to_real']}")
     return 0

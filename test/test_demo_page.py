@@ -55,5 +55,15 @@ def test_the_page_shows_readable_stamps_and_framed_thumbnails() -> None:
     }
     page = _html(summary, records)
     assert "<td>2023-11-14T22:13:20.005Z</td>" in page and "1700000000" not in page
+    assert "annotate/index.html" not in page
+    summary["annotate"] = {
+        "index": "annotate/index.html",
+        "frames": 48,
+        "frames_failed": 4,
+        "bool_enum_right_pct": 100.0,
+        "frames_per_second": 9.5,
+    }
+    page = _html(summary, records)
+    assert "<a href='annotate/index.html'>Contact sheet</a> of 48 frames (4 corrupt" in page
     rule = re.search(r"img\.thumb,figure img\{([^}]*)\}", STYLE)
     assert rule is not None and "border:1px solid" in rule.group(1)
