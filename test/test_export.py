@@ -65,6 +65,7 @@ def test_the_embedding_table_is_fp16_only_where_the_checkpoint_is_16_bit(choice,
     assert embedding_table_dtype(choice, stored) == expected
 
 
+@pytest.mark.slow
 def test_a_bf16_checkpoint_exports_an_fp16_table_that_holds_its_values(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
