@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rclpy.lifecycle import LifecycleNode
 
 TAG = "[mobile_o]"
 
@@ -20,18 +23,18 @@ def executor_threads(max_queue: int) -> int:
     return max(16, 2 * int(max_queue) + 12)
 
 
-def autostart(node: object) -> bool:
+def autostart(node: LifecycleNode) -> bool:
     """Configure then activate ``node``; True when it ends up active (failures are logged by the node)."""
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    log = node.get_logger()  # type: ignore[attr-defined]
-    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:  # type: ignore[attr-defined]
+    log = node.get_logger()
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
         log.error(
             f"{TAG} autostart: configure failed; the node stays unconfigured (fix the parameters, then "
             f"ros2 lifecycle set {node.get_fully_qualified_name()} configure)"
-        )  # type: ignore[attr-defined]
+        )
         return False
-    return node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # type: ignore[attr-defined]
+    return node.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
 
 def spin_until_shutdown(executor: Any) -> None:
