@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mobile_o_ros.annotate.tasks import Tasks, value_text
-from mobile_o_ros.annotate.writer import JSONL, edit_path, frames_of, read_records, thumb_path
+from mobile_o_ros.annotate.writer import JSONL, frames_of, read_records, thumb_path
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.2em;background:#fafafa;color:#222}
@@ -118,6 +118,3 @@ def write_contact_sheet(out_dir: Path, tasks: Tasks, title: str = "Annotations")
         f.write(f"<script>{SCRIPT}</script></body></html>\n")
     tmp.replace(out_dir / "index.html")
     return total
-
-
-__all__ = ["edit_path", "write_contact_sheet"]

@@ -19,7 +19,8 @@ import signal
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,14 @@ def parse_time(text: str | None, bag_start_ns: int, what: str) -> int | None:
         return None
     raw = text.strip()
     try:
-        seconds = float(raw[1:] if raw.startswith("+") else raw)
-    except ValueError:
+        seconds = Decimal(raw[1:] if raw.startswith("+") else raw)  # exact: epoch nanoseconds exceed a float
+    except InvalidOperation:
         raise CliError(
             f"{what}: expected seconds of bag time or +seconds from its start, got {text!r}"
         ) from None
-    if not np.isfinite(seconds) or seconds < 0:
+    if not seconds.is_finite() or seconds < 0:
         raise CliError(f"{what}: must be a finite time >= 0, got {text!r}")
-    return (bag_start_ns if raw.startswith("+") else 0) + round(seconds * 1e9)
+    return (bag_start_ns if raw.startswith("+") else 0) + int(seconds * 10**9)
 
 
 class Sampler:
@@ -602,6 +603,3 @@ def dry_run(options: Options, log: Log, timed_frames: int = 4) -> dict[str, Any]
             "notes": inputs.notes,
             "problems": inputs.problems,
         }
-
-
-__all__ = ["Options", "annotate", "asdict", "dry_run"]
