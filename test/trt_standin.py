@@ -14,6 +14,10 @@ What it models (each is something the real stack does and a test depends on):
 * **CUDA graphs freeze the state of capture time.** A captured enqueue keeps the tensor addresses it was
   captured with; the shapes a launch computes with are those of the context's last enqueue (dynamic-shape
   engines read their shape values from host memory that only an enqueue writes).
+* **Explicit quantization.** A weakly typed network with QuantizeLinear/DequantizeLinear layers builds only
+  with the INT8 flag (the build fails otherwise, reason in ``failed_builds``); a MatMul, Gemm or Conv fed by a
+  DequantizeLinear then reports INT8 in the inspector. The engine still runs the ONNX in onnxruntime, so its
+  outputs are those of the QDQ graph.
 * **Engine I/O types.** A network input or output whose ``dtype`` the builder changed (fp16 KV cache) is that
   type in the engine; the kernel converts at its boundary, so fp16 rounding happens where it would.
 * **The inspector.** ``get_engine_information(JSON)`` lists layers with their real output precision (pinned
@@ -56,6 +60,7 @@ class FakeTRT:
         self.memory: dict[int, bytearray] = {}
         self.next_addr = 4096
         self.builds: list[dict[str, Any]] = []
+        self.failed_builds: list[str] = []
         self.executions = 0
         self.pushes = 0
         self.queue: list[Any] = []
@@ -124,7 +129,7 @@ class FakeTRT:
         }
         trt.nptype = lambda dt: to_np[dt]
         trt.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
-        trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 BF16 TF32 OBEY_PRECISION_CONSTRAINTS")
+        trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 BF16 INT8 TF32 OBEY_PRECISION_CONSTRAINTS")
         trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
         trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", "STRONGLY_TYPED")
         trt.ProfilingVerbosity = enum.Enum("ProfilingVerbosity", "LAYER_NAMES_ONLY NONE DETAILED")
@@ -277,7 +282,7 @@ class FakeTRT:
             def create_optimization_profile(self) -> Profile:
                 return Profile()
 
-            def build_serialized_network(self, network: Network, config: Config) -> bytes:
+            def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
                 mon = config.progress_monitor
                 mon.phase_start("Building engine", None, 2)
                 mon.step_complete("Building engine", 1)
@@ -293,12 +298,21 @@ class FakeTRT:
                 )
                 pinned = [la.name for la in network.layers if la.precision is not None]
                 half = trt.BuilderFlag.FP16 in config.flags or strongly
+                dequantized = {
+                    o.name for la in network.layers if la.op == "DequantizeLinear" for o in la._out
+                }
+                int8 = trt.BuilderFlag.INT8 in config.flags
+                if dequantized and not strongly and not int8:
+                    fake.failed_builds.append("Q/DQ layers in a weakly typed network without the INT8 flag")
+                    return None
                 layers = []
                 for la in network.layers:
                     out_float = any(o.dtype in (DataType.FLOAT, DataType.HALF) for o in la._out)
                     prec = "FP32" if (la.precision is not None or not half) else "FP16"
                     if strongly:
                         prec = "FP16" if any(o.dtype == DataType.HALF for o in la._out) else "FP32"
+                    if la.op in ("MatMul", "Gemm", "Conv") and la._in and la._in[0].name in dequantized:
+                        prec = "INT8"  # explicit quantization: the layer fed by a DequantizeLinear runs int8
                     layers.append(
                         {"onnx": la.onnx, "name": la.name, "op": la.op, "float": out_float, "prec": prec}
                     )

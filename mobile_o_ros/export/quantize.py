@@ -1,24 +1,32 @@
-"""int8 graphs: QDQ (explicitly quantized) variants of the exported graphs where int8 pays.
+"""int8 graphs: explicitly quantized (QDQ) or dynamically quantized variants of the exported graphs, kept
+where int8 pays.
 
 ``mobile-o export MODEL OUT --quantize int8`` writes the fp32 export, then for each graph:
 
-1. plans which nodes to quantize: the MatMul, Gemm and Conv nodes whose weight is a constant. Nodes the
-   precision policy keeps fp32 in TensorRT (:mod:`mobile_o_ros.trt.precision`: SANA's linear attention, the
-   timestep sinusoid, RoPE, the DC-AE attention, norms) stay fp32, and so does every product of two
-   activations (attention scores and values). Softmax, norms and the rest are not quantized at all;
-2. calibrates on the inputs the fp32 pipeline fed that graph (:mod:`mobile_o_ros.export.calibration`) and
-   writes ``<graph>.int8.onnx`` with ``onnxruntime.quantization.quantize_static``: QDQ format, signed int8
-   activations and weights, both symmetric (what TensorRT's explicit quantization takes), weights per output
-   channel, MinMax ranges;
-3. measures the candidate against the fp32 graph back to back in onnxruntime CPU on the recorded inputs:
-   the worst cosine of any output over the inputs, and the median latency of each (the ``llm`` graph's prefill
-   and decode calls separately);
-4. keeps int8 when the cosine is at least :data:`MIN_COSINE` and int8 is faster (every call kind at least
-   as fast, one at least :data:`MIN_SPEEDUP`), else keeps fp32 and deletes the candidate.
+1. plans which nodes to quantize (:func:`plan_nodes`): the MatMul, Gemm and Conv nodes whose weight is a
+   constant. Nodes the precision policy keeps fp32 in TensorRT (:mod:`mobile_o_ros.trt.precision`: SANA's
+   linear attention, the timestep sinusoid, RoPE, the DC-AE attention, norms) stay fp32, and so does every
+   product of two activations (attention scores and values). Softmax, norms and the rest are never quantized;
+2. writes two candidates:
 
-The manifest's graph entry then points at the int8 file (``fp32_file``/``fp32_files`` name the fp32 graph,
-which stays in the folder), and ``quantization`` records every decision with its figures. Latency decisions
-are this machine's: ``force`` quantizes named graphs whatever their figures (recorded as forced).
+   * ``int8-qdq`` (``<graph>.int8.onnx``): ``onnxruntime.quantization.quantize_static`` in QDQ format,
+     signed int8 activations and weights, both symmetric (what TensorRT's explicit quantization takes),
+     weights per output channel, activation ranges by MinMax over the inputs the fp32 pipeline fed the
+     graph (:mod:`mobile_o_ros.export.calibration`). onnxruntime and TensorRT run it;
+   * ``int8-dynamic`` (``<graph>.int8dyn.onnx``): ``quantize_dynamic``: the planned MatMuls get int8
+     weights per output channel and quantize their input per call (no calibration range to miss, e.g. a DiT
+     whose activations change with the timestep). onnxruntime only: TensorRT builds the fp32 file;
+
+3. measures each against the fp32 graph back to back in onnxruntime CPU on recorded inputs
+   (:func:`compare`): the worst cosine of any output, and the median latency per call kind (the ``llm``
+   graph's prefill and decode separately);
+4. keeps the faster candidate that holds :data:`MIN_COSINE`, is nowhere slower than fp32 and somewhere at
+   least :data:`MIN_SPEEDUP` faster (:func:`choose`); else fp32, and the candidates are deleted.
+
+The manifest's graph entry then points at the kept file (``fp32_file``/``fp32_files`` name the fp32 graph,
+which stays in the folder), and ``quantization`` records every decision with every candidate's figures.
+Latency decisions are this machine's; ``force`` keeps named graphs int8 whatever their figures (the
+candidate with the best cosine, recorded as forced).
 """
 
 from __future__ import annotations
@@ -391,6 +399,7 @@ def quantize_graph_modes(
     min_speedup: float = MIN_SPEEDUP,
     force: bool = False,
     log: Log = print,
+    min_seconds: float = MIN_TIMING_SECONDS,
 ) -> tuple[dict[str, Any], Path | None]:
     """Write each mode's candidate of one graph into ``folder``, measure it against ``src`` and keep the
     chosen one (:func:`choose`); returns (the decision with every candidate's figures, the kept file)."""
@@ -405,7 +414,7 @@ def quantize_graph_modes(
         except ValueError as err:
             notes[mode] = str(err)
             continue
-        candidates[mode] = {**compare(src, dst, graph, sample), **info}
+        candidates[mode] = {**compare(src, dst, graph, sample, min_seconds=min_seconds), **info}
         log(f"  {graph} {mode}: cosine {candidates[mode]['cosine']:.4f}, {candidates[mode]['speedup']:.2f}x")
     mode, reason = choose(candidates, min_cosine, min_speedup, force)
     for m in candidates:
@@ -434,10 +443,13 @@ def quantize_export(
     min_speedup: float = MIN_SPEEDUP,
     steps: int | None = None,
     log: Log = print,
+    min_seconds: float = MIN_TIMING_SECONDS,
 ) -> dict[str, Any]:
     """Quantize the fp32 export in ``export_dir`` where int8 pays and rewrite its manifest; returns the
     ``quantization`` section (see the module docstring). ``graphs``: the graphs to try (default all);
-    ``force``: graphs kept int8 whatever their figures; ``modes``: the candidates tried per graph."""
+    ``force``: graphs kept int8 whatever their figures; ``modes``: the candidates tried per graph;
+    ``steps``: denoising steps of the calibration images; ``min_seconds``: the timing budget per call kind
+    (:func:`compare`)."""
     from mobile_o_ros.export.calibration import DEFAULT_STEPS
     from mobile_o_ros.export.onnx_export import memory_budget, sha256_file
     from mobile_o_ros.manifest import load_manifest
@@ -465,7 +477,16 @@ def quantize_export(
             decisions[name] = {"mode": "fp32", "reason": "no calibration inputs reached this graph"}
             continue
         decision, kept = quantize_graph_modes(
-            folder / meta["file"], folder, name, feeds, modes, min_cosine, min_speedup, name in force, log
+            folder / meta["file"],
+            folder,
+            name,
+            feeds,
+            modes,
+            min_cosine,
+            min_speedup,
+            name in force,
+            log,
+            min_seconds,
         )
         decisions[name] = decision
         log(f"{name}: {decision['mode']}: {decision['reason']}")

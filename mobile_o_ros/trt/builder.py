@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mobile_o_ros.manifest import load_manifest
-from mobile_o_ros.trt import cache
+from mobile_o_ros.trt import cache, quantized
 from mobile_o_ros.trt import precision as prec
 from mobile_o_ros.trt import profiles as prof
 
@@ -102,8 +102,10 @@ def expected_keys(
     strongly_typed: bool = False,
     tf32: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """The cache key every engine of the export must have for this machine, precision and target."""
+    """The cache key every engine of the export must have for this machine, precision and target (of the
+    file each engine is built from: :func:`mobile_o_ros.trt.quantized.engine_graph`)."""
     t = prof.get_target(target)
+    manifest = quantized.engine_manifest(manifest)
     keys = {}
     for graph in graphs or list(manifest["graphs"]):
         shapes = prof.shape_profiles(manifest["graphs"][graph], graph, t)
@@ -182,21 +184,19 @@ def _build_one(
     log: Log,
     strongly_typed: bool = False,
     tf32: bool = False,
+    int8: bool = False,
 ) -> tuple[Any, dict[str, str], dict[str, str]]:
     """Parse, configure and build one serialized engine; returns (IHostMemory, pinned layer → rule,
-    I/O tensors whose type was changed → dtype).
+    I/O tensors whose type was changed → dtype). ``int8``: the graph has Q/DQ nodes (INT8 flag).
 
     When a build with half-precision cache I/O fails, it is built once more with the ONNX's fp32 I/O.
     """
     weak_half = precision != "fp32" and not strongly_typed
-    blob, pinned, io_types = _try_build(
-        onnx_path, shapes, precision, target, node_rules, timing_cache, log, strongly_typed, tf32, weak_half
-    )
+    common = (onnx_path, shapes, precision, target, node_rules, timing_cache, log, strongly_typed, tf32)
+    blob, pinned, io_types = _try_build(*common, half_io=weak_half, int8=int8)
     if blob is None and weak_half and io_types:
         log(f"  warning: {onnx_path.name} did not build with {sorted(io_types)} in half precision; fp32 I/O")
-        blob, pinned, io_types = _try_build(
-            onnx_path, shapes, precision, target, node_rules, timing_cache, log, strongly_typed, tf32, False
-        )
+        blob, pinned, io_types = _try_build(*common, half_io=False, int8=int8)
     if blob is None:
         raise cache.EngineCacheError(f"TensorRT failed to build {onnx_path.name}; see the TensorRT log above")
     return blob, pinned, io_types
@@ -213,6 +213,7 @@ def _try_build(
     strongly_typed: bool,
     tf32: bool,
     half_io: bool,
+    int8: bool = False,
 ) -> tuple[Any, dict[str, str], dict[str, str]]:
     import tensorrt as trt
 
@@ -233,7 +234,7 @@ def _try_build(
     if hasattr(trt, "ProfilingVerbosity"):
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     try:
-        prec.configure_precision(config, precision, bool(pinned), strongly_typed, tf32)
+        prec.configure_precision(config, precision, bool(pinned), strongly_typed, tf32, int8)
     except RuntimeError as err:
         raise cache.EngineCacheError(str(err)) from err
     for profile_shapes in shapes:
@@ -384,7 +385,8 @@ def build_engines(
     t = prof.get_target(target)
     if force and no_build:
         raise cache.EngineCacheError("--force and --no-build contradict each other")
-    manifest = load_manifest(export_dir)
+    exported = load_manifest(export_dir)
+    manifest = quantized.engine_manifest(exported)
     unknown = [g for g in graphs or [] if g not in manifest["graphs"]]
     if unknown:
         raise cache.EngineCacheError(f"unknown graphs {unknown} (export has {', '.join(manifest['graphs'])})")
@@ -433,12 +435,29 @@ def build_engines(
                 f"{precision} builds need the onnx package for the precision policy ({err}): pip install onnx"
             ) from err
         shapes = prof.shape_profiles(meta, graph, t)
+        int8 = quantized.has_qdq(export_dir / meta["file"])
+        if int8 and strongly_typed:
+            raise cache.EngineCacheError(
+                f"{meta['file']} is explicitly quantized (Q/DQ); build its INT8 engine weakly typed "
+                "(without --strongly-typed)"
+            )
+        if int8:
+            summary = quantized.qdq_summary(export_dir / meta["file"])
+            log(
+                f"  {meta['file']}: explicit quantization, INT8 flag ({summary['int8_layers']} int8 layers "
+                f"behind {summary['DequantizeLinear']} DequantizeLinear)"
+            )
+        elif meta["file"] != exported["graphs"][graph]["file"]:
+            log(
+                f"  {graph} is {quantized.mode_of(exported, graph)} (onnxruntime only); its engine is built "
+                f"from {meta['file']}"
+            )
         t0 = time.perf_counter()
         onnx_path = _source_onnx(
             export_dir, engine_dir, meta, graph, precision, node_rules, strongly_typed, log
         )
         blob, pinned, io_types = _build_one(
-            onnx_path, shapes, precision, t, node_rules, timing_cache, log, strongly_typed, tf32
+            onnx_path, shapes, precision, t, node_rules, timing_cache, log, strongly_typed, tf32, int8
         )
         seconds = time.perf_counter() - t0
         size, digest = cache.write_engine(engine_dir, name, blob)
@@ -464,6 +483,8 @@ def build_engines(
             export_dir=str(export_dir),
             strongly_typed=bool(strongly_typed and precision != "fp32"),
             tf32=bool(tf32),
+            int8=int8,
+            source_file=meta["file"],
             io_dtypes=io_types,
             device_memory_bytes=device_memory,
             onnx_weights_bytes=int(meta.get("weights_bytes") or 0),

@@ -233,14 +233,20 @@ def apply_to_network(network: Any, node_rules: dict[str, str]) -> dict[str, str]
 
 
 def configure_precision(
-    config: Any, precision: str, any_pinned: bool, strongly_typed: bool = False, tf32: bool = False
+    config: Any,
+    precision: str,
+    any_pinned: bool,
+    strongly_typed: bool = False,
+    tf32: bool = False,
+    int8: bool = False,
 ) -> None:
     """Builder flags for ``precision``. Every build clears TF32. A weakly typed fp16/bf16 build sets the
-    FP16/BF16 flag, and OBEY_PRECISION_CONSTRAINTS when layers are pinned; a strongly typed build sets
-    neither (the ONNX's types decide, and TensorRT rejects those flags there).
+    FP16/BF16 flag, and OBEY_PRECISION_CONSTRAINTS when layers are pinned; ``int8`` (a graph with Q/DQ nodes:
+    explicit quantization) adds the INT8 flag to a weakly typed build of any precision. A strongly typed
+    build sets none of them (the ONNX's types decide, and TensorRT rejects those flags there).
 
     The weak-typing flags are deprecated from TensorRT 10.12 and absent from 11; where they are missing a
-    weakly typed reduced-precision build is refused with the option to use instead.
+    weakly typed reduced-precision or int8 build is refused with the option to use instead.
     """
     import tensorrt as trt
 
@@ -249,16 +255,21 @@ def configure_precision(
         config.set_flag(trt.BuilderFlag.TF32)
     else:
         config.clear_flag(trt.BuilderFlag.TF32)
-    if strongly_typed or precision == "fp32":
+    if strongly_typed:
         return
-    flags = ["FP16" if precision == "fp16" else "BF16"] + (
-        ["OBEY_PRECISION_CONSTRAINTS"] if any_pinned else []
-    )
+    flags = ["INT8"] if int8 else []
+    if precision != "fp32":
+        flags += ["FP16" if precision == "fp16" else "BF16"]
+        flags += ["OBEY_PRECISION_CONSTRAINTS"] if any_pinned else []
     missing = [f for f in flags if not hasattr(trt.BuilderFlag, f)]
     if missing:
+        hint = (
+            "its int8 engines need a weakly typed build: export without --quantize"
+            if "INT8" in missing
+            else "build with --strongly-typed"
+        )
         raise RuntimeError(
-            f"TensorRT {getattr(trt, '__version__', '?')} has no BuilderFlag {', '.join(missing)}: "
-            "build with --strongly-typed"
+            f"TensorRT {getattr(trt, '__version__', '?')} has no BuilderFlag {', '.join(missing)}: {hint}"
         )
     for f in flags:
         config.set_flag(getattr(trt.BuilderFlag, f))
