@@ -286,3 +286,55 @@ def test_pipelines_end_to_end(engines: tuple[str, Path], trt_runtime, ort_runtim
     top2 = np.sort(logits)[-2:]
     margin = top2[1] - top2[0]
     assert margin <= 1e-2 * float(np.abs(logits).max()), f"diverged at token {i} without a near-tie"
+
+
+# ------------------------------------------------------------------------------------------- int8
+#: An INT8 engine of a QDQ graph against onnxruntime running the same QDQ graph: the Q/DQ scales are the
+#: graph's, so only fp16 rounding and the order of the int8 arithmetic differ (a first estimate).
+INT8_MIN_COSINE = 0.99
+
+
+@pytest.fixture(scope="module")
+def int8_export(gpu: tuple[str, str], tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny export with every graph forced to its QDQ (TensorRT-buildable) candidate."""
+    import shutil
+
+    from mobile_o_ros.export.quantize import quantize_export
+    from mobile_o_ros.shapes.calibration import shapes_set
+
+    out = tmp_path_factory.mktemp("int8") / "qdq"
+    shutil.copytree(tiny_export, out)
+    graphs = ["vision", "llm", "mcp", "dit", "vae_decoder"]
+    quantize_export(
+        out,
+        shapes_set(items=2, render_size=128),
+        force=graphs,
+        modes=("int8-qdq",),
+        steps=2,
+        min_seconds=0.0,
+        log=lambda s: None,
+    )
+    return out
+
+
+def test_int8_engines_match_onnxruntime(int8_export: Path, tmp_path: Path) -> None:
+    from mobile_o_ros.runtime.engine import MobileORuntime
+
+    builder.build_engines(int8_export, tmp_path, precision="fp16", target="orin-nano")
+    entries = cache.load_engine_manifest(tmp_path)["engines"]
+    assert all(e["int8"] for e in entries.values()) and len(entries) == 5
+    ort = MobileORuntime.load(int8_export, backend="onnxruntime")
+    trt = MobileORuntime.load(int8_export, backend="tensorrt", engine_dir=tmp_path, precision="fp16")
+    failures = []
+    try:
+        for graph, feeds in _graph_feeds(ort).items():
+            ref, out = ort.backend.run(graph, feeds), trt.backend.run(graph, feeds)
+            for name, r in ref.items():
+                m = _metrics(r, out[name])
+                line = f"int8 {graph}/{name}: cosine {m['cosine']:.6f} max_abs {m['max_abs']:.3e}"
+                print(line)
+                if m["cosine"] < INT8_MIN_COSINE:
+                    failures.append(line)
+    finally:
+        trt.close()
+    assert not failures, "\n".join(failures)
