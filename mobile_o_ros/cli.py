@@ -224,7 +224,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if calibration is not None:
         from mobile_o_ros.export.quantize import quantize_export
 
-        section = quantize_export(Path(args.out_dir), calibration, force=args.force_int8 or ())
+        modes = {"auto": ("int8-qdq", "int8-dynamic"), "qdq": ("int8-qdq",), "dynamic": ("int8-dynamic",)}
+        section = quantize_export(
+            Path(args.out_dir), calibration, force=args.force_int8 or (), modes=modes[args.int8_mode]
+        )
         chosen = [g for g, d in section["graphs"].items() if d["mode"] != "fp32"]
         print(f"int8: {', '.join(chosen) or 'no graph'} (decisions in manifest.json 'quantization')")
     return 0
@@ -233,8 +236,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _calibration(args: argparse.Namespace):
     """The calibration set of ``export --quantize int8`` (None without it), or a CliError."""
     if not args.quantize:
-        if args.calibration or args.force_int8:
-            raise CliError("--calibration and --force-int8 need --quantize int8")
+        if args.calibration or args.force_int8 or args.int8_mode != "auto":
+            raise CliError("--calibration, --force-int8 and --int8-mode need --quantize int8")
         return None
     if args.only:
         raise CliError("--quantize runs the whole pipeline to calibrate: export every graph (no --only)")
@@ -444,6 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="GRAPH",
         help="with --quantize: keep these graphs int8 whatever their measured speed and cosine",
+    )
+    p.add_argument(
+        "--int8-mode",
+        choices=("auto", "qdq", "dynamic"),
+        default="auto",
+        help=(
+            "with --quantize: the candidates tried per graph: qdq (TensorRT builds INT8 engines of them), "
+            "dynamic (onnxruntime only), auto = both, the faster kept (default)"
+        ),
     )
     p.set_defaults(func=cmd_export)
 

@@ -202,6 +202,7 @@ def test_export_cli_quantize_errors_are_one_line(
     out = str(tmp_path / "out")
     cases = [
         (["--calibration", str(tmp_path)], "need --quantize int8"),
+        (["--int8-mode", "qdq"], "need --quantize int8"),
         (["--quantize", "int8", "--calibration", str(tmp_path / "nope")], "calibration folder not found"),
         (["--quantize", "int8", "--force-int8", "unet"], "unknown graphs unet"),
         (["--quantize", "int8", "--only", "mcp"], "export every graph"),
