@@ -49,6 +49,8 @@ ASK_RESP = {
     "num_tokens": "uint32",
     "latency_ms": "float",
     "status": "uint8",
+    "time_to_first_token_ms": "float",
+    "warm_frame": "boolean",
 }
 GEN_REQ = {"prompt": "string", "steps": "uint32", "guidance_scale": "float", "seed": "int64"}
 IMAGE_RESP = {"success": "boolean", "message": "string", "image": IMG, "seed": "int64", "latency_ms": "float"}

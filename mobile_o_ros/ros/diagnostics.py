@@ -1,4 +1,5 @@
-"""The node's ``/diagnostics`` status: state, backend, model, queue, counters, latencies, frame ages, RSS."""
+"""The node's ``/diagnostics`` status: state, backend, model, queue, counters, latencies, frame ages, warm
+frames, RSS."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from mobile_o_ros.ros.frames import Cameras
 from mobile_o_ros.ros.state import NodeState
+from mobile_o_ros.ros.warm import WarmFrames
 from mobile_o_ros.ros.worker import Worker
 
 #: Job kinds whose last latency is reported (``last_latency_ms.<kind>``).
@@ -27,10 +29,14 @@ def _rss_mb() -> str:
 class Diagnostics:
     """Builds the node's one ``DiagnosticStatus`` (named ``mobile_o: <node name>``)."""
 
-    def __init__(self, state: NodeState, worker: Worker, cameras: Cameras) -> None:
+    def __init__(
+        self, state: NodeState, worker: Worker, cameras: Cameras, warm: WarmFrames | None = None
+    ) -> None:
         self._state = state
         self._worker = worker
         self._cameras = cameras
+        #: The warm frames (``warm.<camera>``, ``warm_frame_age_s.<camera>``, counts).
+        self._warm = warm
 
     def status(self) -> DiagnosticStatus:
         """The current status: ERROR after a failed transition, WARN when inactive or a camera is silent."""
@@ -65,6 +71,8 @@ class Diagnostics:
             values[f"frames_received.{cam}"] = "0" if frame is None else str(frame.count)
             if state.active and (age is None or (max_age > 0 and age > max_age)):
                 stale.append(cam)
+        if self._warm is not None:
+            values.update(self._warm.values(frames, now))
         values["rss_mb"] = _rss_mb()
         status = DiagnosticStatus(
             name=f"mobile_o: {state.name}", hardware_id=f"{cfg.backend}:{values['model']}"

@@ -125,8 +125,9 @@ class Cameras:
                 continue
         raise InvalidRequest(f"unknown camera {camera!r}; cameras: {', '.join(cameras)}")
 
-    def latest(self, camera: str) -> tuple[np.ndarray, Any, str]:
-        """(RGB pixels, header, camera) of a camera's latest frame, or InvalidRequest."""
+    def latest_frame(self, camera: str) -> tuple[Frame, str]:
+        """(the latest frame, still raw, camera) of ``camera``, or InvalidRequest (none yet, or older than
+        ``max_frame_age_s``)."""
         cam = self.resolve(camera)
         with self._lock:
             frame = self._frames.get(cam)
@@ -138,6 +139,11 @@ class Cameras:
             raise InvalidRequest(
                 f"latest frame on camera {cam!r} is {age:.1f} s old (max_frame_age_s {max_age:g})"
             )
+        return frame, cam
+
+    def latest(self, camera: str) -> tuple[np.ndarray, Any, str]:
+        """(RGB pixels, header, camera) of a camera's latest frame, or InvalidRequest."""
+        frame, cam = self.latest_frame(camera)
         rgb = images.to_rgb_any(frame.msg, f"frame from camera {cam!r}")
         return rgb, frame.msg.header, cam
 

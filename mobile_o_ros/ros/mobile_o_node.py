@@ -6,6 +6,7 @@ One node serves all three jobs from one model load. The model belongs to a singl
 blocks the executor). This module holds the lifecycle and the wiring; the parts live beside it:
 
 * :mod:`~mobile_o_ros.ros.frames`: camera subscriptions and the latest frame per camera;
+* :mod:`~mobile_o_ros.ros.warm`: warm frames (each camera's newest frame seen ahead of questions);
 * :mod:`~mobile_o_ros.ros.requests`: request validation and defaults, worker jobs, the services;
 * :mod:`~mobile_o_ros.ros.goals`: the actions' goals (feedback, cancel, final state);
 * :mod:`~mobile_o_ros.ros.continuous`: the continuous question;
@@ -51,6 +52,7 @@ from mobile_o_ros.ros.frames import Cameras
 from mobile_o_ros.ros.goals import Goals
 from mobile_o_ros.ros.requests import Requests
 from mobile_o_ros.ros.state import TAG, NodeState
+from mobile_o_ros.ros.warm import WarmFrames
 from mobile_o_ros.ros.worker import Worker
 from mobile_o_ros.srv import AskScene, EditImage, GenerateImage
 
@@ -79,12 +81,13 @@ class MobileONode(LifecycleNode):
             name=self.get_fully_qualified_name(),
         )
         self._cameras = Cameras(self, self._state, group)
-        self._requests = Requests(self, self._state, self._worker, self._cameras)
+        self._warm = WarmFrames(self, self._state, self._worker, self._cameras, group)
+        self._requests = Requests(self, self._state, self._worker, self._cameras, self._warm)
         self._goals = Goals(self, self._requests)
         self._continuous = ContinuousQuestion(
             self, self._state, self._worker, self._cameras, self._requests, group
         )
-        self._diagnostics = Diagnostics(self._state, self._worker, self._cameras)
+        self._diagnostics = Diagnostics(self._state, self._worker, self._cameras, warm=self._warm)
         #: Set by main(): the shutdown transition (finalized) also ends the process.
         self.exit_when_finalized = False
 
@@ -169,6 +172,7 @@ class MobileONode(LifecycleNode):
         try:
             self._cameras.subscribe()
             self._continuous.start()
+            self._warm.start()
         except Exception as err:
             s.last_error = f"activate failed: {err}"
             log.error(f"{TAG} {s.last_error}")
@@ -190,6 +194,7 @@ class MobileONode(LifecycleNode):
         log.info(f"{TAG} Deactivating...")
         self._state.active = False
         self._continuous.stop()
+        self._warm.stop()
         self._cameras.unsubscribe()
         ret = super().on_deactivate(state)
         self._state.label = "inactive"
@@ -236,8 +241,11 @@ class MobileONode(LifecycleNode):
         with contextlib.suppress(Exception):  # the node's handles may already be gone at process exit
             self._continuous.stop()
         with contextlib.suppress(Exception):
+            self._warm.stop()
+        with contextlib.suppress(Exception):
             self._cameras.unsubscribe()
         self._continuous.forget()
+        self._warm.forget()
         self._release_model()
 
     def say(self, level: str, message: str) -> None:
@@ -270,6 +278,7 @@ class MobileONode(LifecycleNode):
                 self.say("warning", f"closing the model failed: {err}")
         if not self._worker.stop(timeout=30.0):
             self.say("warning", "the worker thread did not stop within 30 s")
+        self._warm.clear()
 
     def _publish_diagnostics(self) -> None:
         msg = self._diagnostics.message(self.get_clock().now().to_msg())
@@ -309,3 +318,5 @@ class MobileONode(LifecycleNode):
         if restart_continuous and s.active:
             self._continuous.stop()
             self._continuous.start()
+        if s.active and any(p.name == "warm_rate_hz" for p in changed):
+            self._warm.restart()

@@ -76,12 +76,30 @@ def fill_refused(result: Any, err: BaseException, t0: float) -> Any:
     return result
 
 
-def fill_answer(result: Any, out: Any, header: Any, t0: float, note: str = "") -> Any:
-    """An AskScene response or result from the model's answer ``out`` (answer, num_tokens, cancelled)."""
+def fill_answer(
+    result: Any,
+    out: Any,
+    header: Any,
+    t0: float,
+    note: str = "",
+    first_token: float = 0.0,
+    warm_frame: bool = False,
+) -> Any:
+    """An AskScene response or result from the model's answer ``out`` (answer, num_tokens, cancelled).
+
+    ``first_token``: ``time.monotonic()`` of the first answer token (0: none came; an answer that ended at
+    its first token then counts its whole latency, a cancelled one 0); ``warm_frame``: the answer started
+    from the camera's warm frame.
+    """
     result.answer = out.answer
     result.image_header = header
     result.num_tokens = int(out.num_tokens)
     result.latency_ms = _latency_ms(t0)
+    if first_token:
+        result.time_to_first_token_ms = float((first_token - t0) * 1000.0)
+    else:
+        result.time_to_first_token_ms = 0.0 if out.cancelled else result.latency_ms
+    result.warm_frame = bool(warm_frame)
     if out.cancelled:
         result.success, result.status = False, int(Status.CANCELLED)
         result.message = f"cancelled after {out.num_tokens} token(s)"

@@ -157,6 +157,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "continuous_camera", "", "Camera of the continuous question; empty = the first camera_topics entry"
     ),
+    ParamSpec(
+        "warm_rate_hz",
+        1.0,
+        "While idle, see each camera's newest frame ahead of questions (vision tokens and the prompt "
+        "before the question) at most this often; a question about it then prefills only its own tokens "
+        "(0 = off)",
+        range=(0.0, 30.0),
+    ),
     ParamSpec("generated_frame_id", "mobile_o", "frame_id of generated images (they have no source frame)"),
     ParamSpec(
         "diagnostics_period_s", 1.0, "Period of /diagnostics messages", range=(0.1, 60.0), applies="start-up"

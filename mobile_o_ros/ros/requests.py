@@ -18,6 +18,7 @@ from mobile_o_ros import validation
 from mobile_o_ros.ros import images, outcomes
 from mobile_o_ros.ros.frames import Cameras
 from mobile_o_ros.ros.state import TAG, NodeState
+from mobile_o_ros.ros.warm import WarmFrames
 from mobile_o_ros.ros.worker import Job, Worker
 
 #: The three kinds of request: the worker's job kind, the service (and action) name.
@@ -40,9 +41,15 @@ class Progress:
     done: int = 0
     #: ``time.monotonic()`` of the last feedback; 0 when none was published.
     last_feedback: float = 0.0
+    #: ``time.monotonic()`` of the first answer token; 0 until there is one.
+    first_token: float = 0.0
+    #: True when the answer started from the camera's warm frame (:mod:`mobile_o_ros.ros.warm`).
+    warm_frame: bool = False
 
     def on_token(self, text: str, num_tokens: int) -> None:
         """One more answer token: ``text`` is the answer so far."""
+        if not self.first_token:
+            self.first_token = time.monotonic()
         self._advance(num_tokens, text, num_tokens)
 
     def on_step(self, step: int, total: int) -> None:
@@ -77,11 +84,14 @@ def model_default(model: Any, key: str) -> Any:
 class Requests:
     """Prepares requests for the worker; answers the ``ask``, ``generate_image``, ``edit_image`` services."""
 
-    def __init__(self, node: Any, state: NodeState, worker: Worker, cameras: Cameras) -> None:
+    def __init__(
+        self, node: Any, state: NodeState, worker: Worker, cameras: Cameras, warm: WarmFrames | None = None
+    ) -> None:
         self._node = node
         self._state = state
         self._worker = worker
         self._cameras = cameras
+        self._warm = warm
 
     # ------------------------------------------------------------------------------ preparation
     def check_active(self) -> Any:
@@ -127,8 +137,11 @@ class Requests:
         question = validation.check_text(req.question, "question")
         validation.check_temperature(req.temperature)
         validation.check_seed(req.seed)
-        rgb, header, cam = self._cameras.source_image(req.image, req.camera)
         n_new = self.max_new_tokens(model, req.max_new_tokens)
+        warm = self._warm
+        if warm is not None and warm.enabled and images.is_empty_image(req.image):
+            return self._prepare_warm_ask(model, warm, req, question, n_new, progress)
+        rgb, header, cam = self._cameras.source_image(req.image, req.camera)
 
         def run(should_cancel: Callable[[], bool]) -> Any:
             return model.ask(
@@ -142,6 +155,32 @@ class Requests:
             )
 
         return Prepared("ask", run, header, cam, note=self.unknown_note("ask", model, question))
+
+    def _prepare_warm_ask(
+        self, model: Any, warm: WarmFrames, req: Any, question: str, n_new: int, progress: Progress
+    ) -> Prepared:
+        """A question about a camera's latest frame while warming is on: from its warm frame when it is
+        that frame, else seen now and kept warm. A frame that is not warm is decoded here, so an
+        undecodable one is refused before it queues."""
+        frame, cam = self._cameras.latest_frame(req.camera)
+        rgb = None if warm.is_warm(cam, frame) else images.to_rgb_any(frame.msg, f"frame from camera {cam!r}")
+
+        def run(should_cancel: Callable[[], bool]) -> Any:
+            out, progress.warm_frame = warm.ask(
+                model,
+                cam,
+                frame,
+                rgb,
+                question,
+                max_new_tokens=n_new,
+                temperature=float(req.temperature),
+                seed=int(req.seed),
+                on_token=progress.on_token,
+                should_cancel=should_cancel,
+            )
+            return out
+
+        return Prepared("ask", run, frame.msg.header, cam, note=self.unknown_note("ask", model, question))
 
     def _prepare_generate(self, req: Any, progress: Progress) -> Prepared:
         model = self.check_active()
@@ -217,7 +256,9 @@ class Requests:
     def fill(self, result: Any, prepared: Prepared, out: Any, t0: float, progress: Progress) -> Any:
         """Write the model's output into a response or action result (images are also published)."""
         if prepared.kind == "ask":
-            return outcomes.fill_answer(result, out, prepared.header, t0, prepared.note)
+            return outcomes.fill_answer(
+                result, out, prepared.header, t0, prepared.note, progress.first_token, progress.warm_frame
+            )
         image_msg = None
         if not out.cancelled and out.image is not None:
             image_msg = images.rgb_to_image(out.image, prepared.header)

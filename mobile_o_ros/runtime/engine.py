@@ -276,6 +276,11 @@ class MobileORuntime:
         :meth:`ask_about` and :meth:`edit_frame` reuse (:mod:`mobile_o_ros.runtime.frame_context`)."""
         return frame_context.make_frame(self, image)
 
+    def frame_of_tokens(self, image_embeds: np.ndarray) -> FrameContext:
+        """:meth:`frame` from vision tokens already computed (:meth:`encode_image`): the prefix prefill
+        only."""
+        return frame_context.frame_of_tokens(self, image_embeds)
+
     def ask_about(self, frame: FrameContext, question: str, **options: Any) -> AskResult:
         """:meth:`ask` about a seen frame (same options, same greedy answer), prefilling only the
         question."""

@@ -53,7 +53,12 @@ def _split(rt: Runtime, question: str) -> tuple[list[int], list[int]]:
 
 def make_frame(rt: Runtime, rgb: np.ndarray) -> FrameContext:
     """Encode a picture and prefill the prompt before the question: the work every question shares."""
-    image_embeds = rt.encode_image(rgb)
+    return frame_of_tokens(rt, rt.encode_image(rgb))
+
+
+def frame_of_tokens(rt: Runtime, image_embeds: np.ndarray) -> FrameContext:
+    """Prefill the prompt before the question around a picture's vision tokens (one ``llm`` call): the second
+    half of :func:`make_frame`, for a caller that ran the vision pass on its own."""
     prefix_ids, _ = _split(rt, "?")
     embeds = rt.tokenizer.splice_image_embeddings(prefix_ids, rt.embed_table, image_embeds).astype(np.float32)
     n = len(embeds)
