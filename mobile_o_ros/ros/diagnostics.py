@@ -4,6 +4,7 @@ frames, RSS."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -14,7 +15,7 @@ from mobile_o_ros.ros.warm import WarmFrames
 from mobile_o_ros.ros.worker import Worker
 
 #: Job kinds whose last latency is reported (``last_latency_ms.<kind>``).
-LATENCY_KINDS = ("ask", "generate", "edit", "continuous")
+LATENCY_KINDS = ("ask", "generate", "edit", "continuous", "annotate")
 
 
 def _rss_mb() -> str:
@@ -30,13 +31,20 @@ class Diagnostics:
     """Builds the node's one ``DiagnosticStatus`` (named ``mobile_o: <node name>``)."""
 
     def __init__(
-        self, state: NodeState, worker: Worker, cameras: Cameras, warm: WarmFrames | None = None
+        self,
+        state: NodeState,
+        worker: Worker,
+        cameras: Cameras,
+        extra: Callable[[], dict[str, str]] | None = None,
+        warm: WarmFrames | None = None,
     ) -> None:
         self._state = state
         self._worker = worker
         self._cameras = cameras
         #: The warm frames (``warm.<camera>``, ``warm_frame_age_s.<camera>``, counts).
         self._warm = warm
+        #: More key/values (the live annotation's counters).
+        self._extra = extra
 
     def status(self) -> DiagnosticStatus:
         """The current status: ERROR after a failed transition, WARN when inactive or a camera is silent."""
@@ -71,6 +79,8 @@ class Diagnostics:
             values[f"frames_received.{cam}"] = "0" if frame is None else str(frame.count)
             if state.active and (age is None or (max_age > 0 and age > max_age)):
                 stale.append(cam)
+        if self._extra is not None:
+            values.update(self._extra())
         if self._warm is not None:
             values.update(self._warm.values(frames, now))
         values["rss_mb"] = _rss_mb()

@@ -10,6 +10,7 @@ blocks the executor). This module holds the lifecycle and the wiring; the parts 
 * :mod:`~mobile_o_ros.ros.requests`: request validation and defaults, worker jobs, the services;
 * :mod:`~mobile_o_ros.ros.goals`: the actions' goals (feedback, cancel, final state);
 * :mod:`~mobile_o_ros.ros.continuous`: the continuous question;
+* :mod:`~mobile_o_ros.ros.annotations`: live annotation with a tasks file;
 * :mod:`~mobile_o_ros.ros.diagnostics`: the ``/diagnostics`` status;
 * :mod:`~mobile_o_ros.ros.outcomes`: the ``status`` of every result.
 
@@ -46,6 +47,7 @@ from mobile_o_ros.action import EditImage as EditImageAction
 from mobile_o_ros.action import GenerateImage as GenerateImageAction
 from mobile_o_ros.msg import SceneAnswer
 from mobile_o_ros.ros import params, rclpy_compat
+from mobile_o_ros.ros.annotations import LiveAnnotation
 from mobile_o_ros.ros.continuous import ContinuousQuestion
 from mobile_o_ros.ros.diagnostics import Diagnostics
 from mobile_o_ros.ros.frames import Cameras
@@ -87,7 +89,10 @@ class MobileONode(LifecycleNode):
         self._continuous = ContinuousQuestion(
             self, self._state, self._worker, self._cameras, self._requests, group
         )
-        self._diagnostics = Diagnostics(self._state, self._worker, self._cameras, warm=self._warm)
+        self._annotation = LiveAnnotation(self, self._state, self._worker, self._cameras, group)
+        self._diagnostics = Diagnostics(
+            self._state, self._worker, self._cameras, self._annotation.diagnostics, warm=self._warm
+        )
         #: Set by main(): the shutdown transition (finalized) also ends the process.
         self.exit_when_finalized = False
 
@@ -148,6 +153,7 @@ class MobileONode(LifecycleNode):
             s.model = self._worker.call(self._load_model, kind="load")
             s.model_info = dict(s.model.info())
             load_s = time.monotonic() - t0
+            self._annotation.configure(OUTPUT_QOS)
         except Exception as err:
             s.last_error = f"configure failed: {err}"
             log.error(f"{TAG} {s.last_error}")
@@ -173,6 +179,7 @@ class MobileONode(LifecycleNode):
             self._cameras.subscribe()
             self._continuous.start()
             self._warm.start()
+            self._annotation.start()
         except Exception as err:
             s.last_error = f"activate failed: {err}"
             log.error(f"{TAG} {s.last_error}")
@@ -195,6 +202,7 @@ class MobileONode(LifecycleNode):
         self._state.active = False
         self._continuous.stop()
         self._warm.stop()
+        self._annotation.stop()
         self._cameras.unsubscribe()
         ret = super().on_deactivate(state)
         self._state.label = "inactive"
@@ -206,6 +214,7 @@ class MobileONode(LifecycleNode):
         log = self.get_logger()
         log.info(f"{TAG} Cleaning up...")
         self._release_model()
+        self._annotation.cleanup()
         s = self._state
         for pub in (s.answer_pub, s.image_pub):
             if pub is not None:
@@ -241,11 +250,14 @@ class MobileONode(LifecycleNode):
         with contextlib.suppress(Exception):  # the node's handles may already be gone at process exit
             self._continuous.stop()
         with contextlib.suppress(Exception):
+            self._annotation.stop()
+        with contextlib.suppress(Exception):
             self._warm.stop()
         with contextlib.suppress(Exception):
             self._cameras.unsubscribe()
         self._continuous.forget()
         self._warm.forget()
+        self._annotation.forget()
         self._release_model()
 
     def say(self, level: str, message: str) -> None:
@@ -300,7 +312,7 @@ class MobileONode(LifecycleNode):
     def _apply_parameters(self, changed: list[Any]) -> None:
         """Apply run-time changes; configure-only ones are noted and used at the next configure."""
         s = self._state
-        restart_continuous = False
+        restart_continuous = restart_annotation = False
         for p in changed:
             spec = params.SPECS.get(p.name)
             if spec is None:
@@ -311,6 +323,7 @@ class MobileONode(LifecycleNode):
                 continue
             s.cfg.values[p.name] = list(p.value) if isinstance(spec.default, list) else p.value
             restart_continuous = restart_continuous or p.name.startswith("continuous_")
+            restart_annotation = restart_annotation or p.name == "annotation_rate_hz"
         try:
             self._worker.configure(s.cfg.busy_policy, s.cfg.max_queue)
         except ValueError as err:
@@ -318,5 +331,8 @@ class MobileONode(LifecycleNode):
         if restart_continuous and s.active:
             self._continuous.stop()
             self._continuous.start()
+        if restart_annotation and s.active:
+            self._annotation.stop()
+            self._annotation.start()
         if s.active and any(p.name == "warm_rate_hz" for p in changed):
             self._warm.restart()

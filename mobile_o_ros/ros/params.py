@@ -158,6 +158,19 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "continuous_camera", "", "Camera of the continuous question; empty = the first camera_topics entry"
     ),
     ParamSpec(
+        "annotation_tasks",
+        "",
+        "Tasks file (YAML, as for mobile-o annotate): when set, its questions are asked about each camera's "
+        "latest frame at annotation_rate_hz and published as FrameAnnotation on 'annotations'",
+        applies="configure",
+    ),
+    ParamSpec(
+        "annotation_rate_hz",
+        1.0,
+        "Frames per second annotated per camera (a frame that comes while the worker is busy is skipped)",
+        range=(0.01, 30.0),
+    ),
+    ParamSpec(
         "warm_rate_hz",
         1.0,
         "While idle, see each camera's newest frame ahead of questions (vision tokens and the prompt "
