@@ -348,3 +348,12 @@ def test_bench_int8_rows_on_tiny(tmp_path: Path) -> None:
     decision = section["graphs"]["mcp"]
     assert decision["mode"] in ("fp32", *quantize.MODES) and decision["machine_before"]["cpu_model"]
     assert "end_to_end" not in section  # only with every graph
+
+
+def test_selftest_takes_an_int8_export(qdq_export: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mobile_o_ros.cli import main
+
+    assert main(["selftest", str(qdq_export), "--backend", "onnxruntime", "--limit", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["backend"] == "onnxruntime" and set(result["scores"]) == {"vqa", "generation", "editing"}
+    assert result["vqa"]["n"] == 3 and result["editing"]["n"] == 3
