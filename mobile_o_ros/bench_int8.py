@@ -39,7 +39,8 @@ DECODE_CAPACITY = 512
 QUESTION_TOKENS = 16
 #: Steps of the whole-image row (the model's default).
 IMAGE_STEPS = 20
-DIT_TIMESTEPS = (999.0, 800.0, 600.0, 400.0, 200.0, 50.0)
+#: The DiT's inputs spread over this timestep range (first and last included).
+DIT_TIMESTEPS = (999.0, 50.0)
 Feeds = dict[str, np.ndarray]
 
 
@@ -86,7 +87,7 @@ def synthetic_feeds(config: str, graph: str, fp32_path: Path, count: int = 4, se
 
     The ``llm`` graph gets prefills (``PREFILL_TOKENS`` into a ``DECODE_CAPACITY`` cache, and a caption of
     ``TEXT_TOKENS``) and decode steps on the caches the fp32 graph wrote; the DiT gets CFG batches at
-    timesteps from 999 to 50.
+    ``count`` timesteps from 999 to 50.
     """
     from mobile_o_ros.model_config import preset
 
@@ -128,7 +129,7 @@ def synthetic_feeds(config: str, graph: str, fp32_path: Path, count: int = 4, se
                 ),
                 "encoder_attention_mask": np.ones((2, TEXT_TOKENS), np.float32),
             }
-            for t in DIT_TIMESTEPS[: max(count, 2)]
+            for t in np.linspace(DIT_TIMESTEPS[0], DIT_TIMESTEPS[-1], max(count, 2)).round()
         ]
     if graph == "vae_decoder":
         scale = np.float32(cfg.vae_scaling_factor)
