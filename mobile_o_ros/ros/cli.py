@@ -210,6 +210,8 @@ def cmd_ros_ask(args: argparse.Namespace) -> int:
                         "answer": resp.answer,
                         "num_tokens": int(resp.num_tokens),
                         "latency_ms": round(float(resp.latency_ms), 1),
+                        "time_to_first_token_ms": round(float(resp.time_to_first_token_ms), 1),
+                        "warm_frame": bool(resp.warm_frame),
                         "image_header": _header_dict(resp.image_header),
                     },
                     indent=2,

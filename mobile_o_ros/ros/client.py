@@ -479,7 +479,8 @@ class MobileOClient:
 
     # ------------------------------------------------------------------------------ the three tasks
     def ask(self, request: AskRequest | str, *, timeout: float | None = None, **fields: Any) -> Any:
-        """Call ``ask``; returns the AskScene response (``status``, ``answer``, ``num_tokens``).
+        """Call ``ask``; returns the AskScene response (``status``, ``answer``, ``num_tokens``,
+        ``latency_ms``, ``time_to_first_token_ms``, and ``warm_frame``: whether the camera's frame was warm).
 
         ``request``: an :class:`AskRequest`, or the question with the other fields as keywords.
         """
