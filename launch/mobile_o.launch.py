@@ -1,4 +1,4 @@
-"""Launch the Mobile-O lifecycle node (ROS 2 Humble, Jazzy, Kilted).
+"""Launch the Mobile-O lifecycle node (run with ROS 2 Jazzy and Kilted by scripts/check_launch.sh; Humble audited).
 
     ros2 launch mobile_o_ros mobile_o.launch.py model_dir:=/path/to/export
     ros2 launch mobile_o_ros mobile_o.launch.py params_file:=my.yaml camera_topics:="['/front/image_raw']"
