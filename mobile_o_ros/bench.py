@@ -273,9 +273,9 @@ def run_onnxruntime(onnx_dir: Path, config: str, component: str, quick: bool) ->
 
 # ------------------------------------------------------------------------------------------- driver
 def _worker(args: list[str], timeout: float) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "mobile_o_ros.bench", *args], capture_output=True, text=True, timeout=timeout
-    )
+    """Run ``python -m mobile_o_ros.bench ARGS`` (or ``-m MODULE ARGS``) and read its last line as JSON."""
+    command = args if args[:1] == ["-m"] else ["-m", "mobile_o_ros.bench", *args]
+    proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -419,10 +419,11 @@ def _tensorrt_rows(tensorrt_export: Path | None) -> dict[str, Any]:
 
 
 #: The bench's sections in run order (``--sections`` picks some): ``components`` (torch eager against
-#: onnxruntime CPU per component) and ``int8`` (fp32 against int8 onnxruntime,
-#: :mod:`mobile_o_ros.bench_int8`). Time to first token (cold and warm) and the annotation frame rate are
-#: further sections of this list.
-SECTIONS = ("components", "int8")
+#: onnxruntime CPU per component), ``int8`` (fp32 against int8 onnxruntime,
+#: :mod:`mobile_o_ros.bench_int8`), ``annotate`` (frames/s with five questions per frame, seen once against
+#: one ask per question, :mod:`mobile_o_ros.bench_annotate`) and ``ttft`` (time to first token of a question
+#: about a frame, cold against warm, :mod:`mobile_o_ros.bench_ttft`).
+SECTIONS = ("components", "int8", "annotate", "ttft")
 
 
 def _components_section(
@@ -474,6 +475,13 @@ def _int8_section(config: str, onnx_dir: Path, quick: bool, loaded: bool) -> dic
 
     before = snapshot()
     section = int8_section(config, onnx_dir, quick, export, GRAPHS)
+    for rows in (
+        section.get("rows", {}),
+        section.get("graphs", {}),
+        section.get("end_to_end", {}).get("rows", {}),
+    ):
+        for row in rows.values():
+            row["loaded"] = loaded
     return mark(section, before, snapshot(), loaded)
 
 
@@ -531,6 +539,21 @@ def run_bench(
         )
     if "int8" in chosen:
         report["int8"] = _int8_section(config, onnx_dir, quick, allow_loaded)
+    if "annotate" in chosen:
+        from mobile_o_ros.bench_annotate import annotate_section
+        from mobile_o_ros.bench_load import mark
+
+        before = snapshot(load)
+        worker = lambda args: _worker(["-m", "mobile_o_ros.bench_annotate", *args], timeout)
+        rows = annotate_section(out_dir / "onnx", quick, THREADS, worker)
+        report["annotate"] = mark(rows, before, snapshot(load), allow_loaded)
+    if "ttft" in chosen:
+        from mobile_o_ros.bench_load import mark
+        from mobile_o_ros.bench_ttft import ttft_section
+
+        before = snapshot(load)
+        rows = ttft_section(out_dir / "onnx", quick, THREADS, timeout)
+        report["ttft"] = mark(rows, before, snapshot(load), allow_loaded)
     report["tensorrt"] = _tensorrt_rows(tensorrt_export)
     print(f"tensorrt: {report['tensorrt'].get('skipped', 'measured')}")
     report["machine_after"] = snapshot(load)
