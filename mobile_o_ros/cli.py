@@ -488,7 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", nargs="+", default=None, help="only these components")
     p.add_argument("--tensorrt-export", default=None, help="also measure TensorRT engines of this export")
     p.add_argument(
-        "--sections", nargs="+", default=None, help="only these sections: components, int8 (default all)"
+        "--sections",
+        nargs="+",
+        default=None,
+        help="only these sections: components, int8, annotate, ttft (default all)",
     )
     p.add_argument(
         "--allow-loaded",
