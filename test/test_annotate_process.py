@@ -20,7 +20,7 @@ from mobile_o_ros.annotate import writer
 from mobile_o_ros.annotate.run import Options, annotate
 from mobile_o_ros.cli import main
 
-pytestmark = pytest.mark.runtime
+pytestmark = [pytest.mark.runtime, pytest.mark.slow]
 
 FRAMES = 16  # per camera
 TASKS = 5
