@@ -46,6 +46,7 @@ def _reference(config: dict, steps: int):
 
     ref = diffusers.DPMSolverMultistepScheduler.from_config(config)
     ref.set_timesteps(steps)
+    ref.set_begin_index(0)  # as the reference pipeline does: a run starts at the first step
     return ref
 
 
@@ -127,6 +128,25 @@ def test_full_20_step_trajectory(config: dict) -> None:
 def test_other_step_counts(config: dict, steps: int) -> None:
     per_step, _ = _trajectory(config, steps, seed=steps)
     assert per_step <= 1e-6
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_run_of_600_steps_starts_at_the_first_and_matches_diffusers(config: dict) -> None:
+    """From 599 steps up the truncated timesteps start 999, 999: a run still takes every step once."""
+    timesteps, _ = FlowDPMSolverScheduler(config).timesteps_for(600)
+    assert timesteps[0] == timesteps[1] == 999
+    per_step, _ = _trajectory(config, 600, seed=600)
+    assert per_step <= 2e-6  # about one float32 ulp of samples near 8 over 600 draws
+
+
+def test_every_step_of_a_long_schedule_runs(config: dict) -> None:
+    ours = FlowDPMSolverScheduler(config)
+    ours.set_timesteps(1000)
+    x = np.zeros(SHAPE, np.float32)
+    for t in ours.timesteps:
+        x = ours.step(np.ones(SHAPE, np.float32), int(t), x)
+    assert ours.step_index == 1000 and np.isfinite(x).all()
 
 
 @pytest.mark.parametrize("steps", [1, 2])

@@ -170,6 +170,7 @@ class ReferencePipeline:
         cancelled."""
         scheduler = DPMSolverMultistepScheduler.from_config(self.config.scheduler)
         scheduler.set_timesteps(steps)
+        scheduler.set_begin_index(0)  # from 599 steps up the truncated timesteps repeat 999
         dtype = self.gen_dtype
         for i, t in enumerate(scheduler.timesteps):
             if should_cancel is not None and should_cancel():

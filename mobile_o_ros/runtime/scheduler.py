@@ -87,16 +87,21 @@ class FlowDPMSolverScheduler:
         return timesteps, sigmas
 
     def set_timesteps(self, num_inference_steps: int) -> None:
-        """Set the schedule for ``num_inference_steps`` steps and clear the solver state."""
+        """Set the schedule for ``num_inference_steps`` steps and clear the solver state.
+
+        A run starts at the schedule's first step (diffusers' ``set_begin_index(0)``): from 599 steps up the
+        truncated timesteps repeat 999, and a lookup by timestep would start at the second of them.
+        """
         self.timesteps, self.sigmas = self.timesteps_for(num_inference_steps)
         self.num_inference_steps = len(self.timesteps)
         self.reset()
+        self.step_index = 0
 
     def reset(self) -> None:
         """Forget the multistep history so the same schedule can serve a new generation."""
         self.model_outputs: list[np.ndarray | None] = [None] * self.solver_order
         self.lower_order_nums = 0
-        self.step_index: int | None = None
+        self.step_index: int | None = 0 if self.num_inference_steps else None
 
     def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
         """Identity, as in diffusers for this scheduler."""
