@@ -25,6 +25,7 @@ def test_a_row_times_both_ways_on_the_same_first_token(tiny_runtime) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.torch  # the tiny model's row exports a checkpoint
 def test_the_section_runs_in_the_bench(tmp_path: Path) -> None:
     assert "ttft" in bench.SECTIONS
     # allow_loaded: a test runs beside others; its rows say so

@@ -70,6 +70,7 @@ class FlowDPMSolverScheduler:
         self.timesteps = np.zeros(0, dtype=np.int64)
         self.sigmas = np.zeros(0, dtype=np.float32)
         self.num_inference_steps: int | None = None
+        self.step_index: int | None = None
         self.reset()
 
     # ------------------------------------------------------------------ schedule
@@ -95,13 +96,12 @@ class FlowDPMSolverScheduler:
         self.timesteps, self.sigmas = self.timesteps_for(num_inference_steps)
         self.num_inference_steps = len(self.timesteps)
         self.reset()
-        self.step_index = 0
 
     def reset(self) -> None:
         """Forget the multistep history so the same schedule can serve a new generation."""
         self.model_outputs: list[np.ndarray | None] = [None] * self.solver_order
         self.lower_order_nums = 0
-        self.step_index: int | None = 0 if self.num_inference_steps else None
+        self.step_index = 0 if self.num_inference_steps else None
 
     def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
         """Identity, as in diffusers for this scheduler."""
