@@ -85,6 +85,35 @@ def test_plan_keeps_the_fp32_islands_and_activation_products(tiny_export: Path) 
     assert "rotary_embedding" in kept.values() and "activation_product" in kept.values()
 
 
+def test_pointwise_convs_as_matmuls_compute_the_same(tiny_export: Path, tmp_path: Path) -> None:
+    from mobile_o_ros.export.conv_matmul import pointwise_convs_to_matmul
+
+    rng = np.random.default_rng(0)
+    manifest = load_manifest(tiny_export)
+    m, size = manifest["model"], manifest["image"]["size"]
+    c, h, w = m["latent_shape"]
+    feeds = {
+        "vision": {"images": rng.random((1, 3, size, size), dtype=np.float32)},
+        "dit": {
+            "latents": rng.standard_normal((2, c, h, w)).astype(np.float32),
+            "timestep": np.array([500.0, 500.0], np.float32),
+            "encoder_hidden_states": rng.standard_normal((2, 5, m["caption_dim"])).astype(np.float32),
+            "encoder_attention_mask": np.ones((2, 5), np.float32),
+        },
+    }
+    for graph, graph_feeds in feeds.items():
+        model = onnx.load(str(tiny_export / f"{graph}.onnx"))
+        before = sum(n.op_type == "Conv" for n in model.graph.node)
+        count = pointwise_convs_to_matmul(model)
+        assert count > 0 and sum(n.op_type == "Conv" for n in model.graph.node) == before - count
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp_path / f"{graph}.onnx"))
+        measured = quantize.compare(
+            tiny_export / f"{graph}.onnx", tmp_path / f"{graph}.onnx", graph, [graph_feeds], min_seconds=0
+        )
+        assert measured["cosine"] > 0.999999, graph
+
+
 # ------------------------------------------------------------------------------------------- QDQ export
 def test_qdq_graphs_have_qdq_nodes_and_keep_fp32_islands(qdq_export: Path, tiny_export: Path) -> None:
     manifest = load_manifest(qdq_export, verify_hashes=True)

@@ -13,9 +13,11 @@ where int8 pays.
      signed int8 activations and weights, both symmetric (what TensorRT's explicit quantization takes),
      weights per output channel, activation ranges by MinMax over the inputs the fp32 pipeline fed the
      graph (:mod:`mobile_o_ros.export.calibration`). onnxruntime and TensorRT run it;
-   * ``int8-dynamic`` (``<graph>.int8dyn.onnx``): ``quantize_dynamic``: the planned MatMuls get int8
+   * ``int8-dynamic`` (``<graph>.int8dyn.onnx``): pointwise Convs rewritten as MatMuls
+     (:mod:`mobile_o_ros.export.conv_matmul`), then ``quantize_dynamic``: the planned MatMuls get int8
      weights per output channel and quantize their input per call (no calibration range to miss, e.g. a DiT
-     whose activations change with the timestep). onnxruntime only: TensorRT builds the fp32 file;
+     whose activations change with the timestep); other Convs stay fp32. onnxruntime only: TensorRT builds
+     the fp32 file;
 
 3. measures each against the fp32 graph back to back in onnxruntime CPU on recorded inputs
    (:func:`compare`): the worst cosine of any output, and the median latency per call kind (the ``llm``
@@ -183,40 +185,60 @@ def quantize_graph(src: str | Path, dst: str | Path, graph: str, feeds: list[Fee
 
 
 def quantize_graph_dynamic(src: str | Path, dst: str | Path, graph: str) -> dict[str, Any]:
-    """Write the dynamically quantized variant of ``src`` to ``dst``: the planned MatMuls get int8 weights
-    per output channel and quantize their input per call (DynamicQuantizeLinear + MatMulInteger; Convs stay
-    fp32, onnxruntime CPU has no ConvInteger for int8 weights). onnxruntime only: TensorRT builds such a
-    graph from its fp32 file."""
+    """Write the dynamically quantized variant of ``src`` to ``dst``: pointwise Convs become MatMuls
+    (:mod:`mobile_o_ros.export.conv_matmul`; onnxruntime CPU has no int8-weight Conv kernel), then the
+    planned MatMuls get int8 weights per output channel and quantize their input per call
+    (DynamicQuantizeLinear + MatMulInteger); other Convs stay fp32. onnxruntime only: TensorRT builds such
+    a graph from its fp32 file."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from mobile_o_ros.export.conv_matmul import pointwise_convs_to_matmul
+
     src, dst = Path(src), Path(dst)
-    model = onnx.load(str(src), load_external_data=False)
+    external = _external(src)
+    model = onnx.load(str(src))
+    rewritten = pointwise_convs_to_matmul(model)
     planned, kept = plan_nodes(model, graph)
     ops = {n.name: n.op_type for n in model.graph.node}
-    del model
     nodes = [n for n in planned if ops[n] == "MatMul"]
     if not nodes:
         raise ValueError(f"{graph}: no MatMul with constant weights to quantize dynamically")
-    external = _external(src)
-    for stale in (dst, dst.with_name(dst.name + ".data")):
+    staged = dst.with_name(dst.name + ".fp32.onnx")
+    for stale in (dst, dst.with_name(dst.name + ".data"), staged, staged.with_name(staged.name + ".data")):
         stale.unlink(missing_ok=True)
-    with _quiet_root_logger():
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            op_types_to_quantize=["MatMul"],
-            nodes_to_quantize=nodes,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=external,
-            extra_options={"MatMulConstBOnly": True},
+    try:
+        onnx.save_model(
+            model,
+            str(staged),
+            save_as_external_data=external,
+            all_tensors_to_one_file=True,
+            location=f"{staged.name}.data",
         )
+        del model
+        with _quiet_root_logger():
+            quantize_dynamic(
+                str(staged),
+                str(dst),
+                op_types_to_quantize=["MatMul"],
+                nodes_to_quantize=nodes,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                use_external_data_format=external,
+                extra_options={"MatMulConstBOnly": True},
+            )
+    finally:
+        for f in (staged, staged.with_name(staged.name + ".data")):
+            f.unlink(missing_ok=True)
     reasons: dict[str, int] = {}
     for r in kept.values():
         reasons[r] = reasons.get(r, 0) + 1
     reasons["conv_not_dynamic"] = sum(1 for n in planned if ops[n] != "MatMul")
-    return {"quantized_nodes": len(nodes), "kept_fp32": dict(sorted(reasons.items()))}
+    return {
+        "quantized_nodes": len(nodes),
+        "pointwise_convs_as_matmul": rewritten,
+        "kept_fp32": dict(sorted(reasons.items())),
+    }
 
 
 # ------------------------------------------------------------------------------------------- measurement
@@ -507,8 +529,9 @@ def quantize_export(
                 "int8 symmetric weights per output channel"
             ),
             "int8-dynamic": (
-                "onnxruntime only (TensorRT builds the fp32 graph): MatMuls with int8 weights per output "
-                "channel, inputs quantized per call (DynamicQuantizeLinear + MatMulInteger)"
+                "onnxruntime only (TensorRT builds the fp32 graph): MatMuls (and pointwise Convs as MatMuls) "
+                "with int8 weights per output channel, inputs quantized per call (DynamicQuantizeLinear + "
+                "MatMulInteger); other Convs fp32"
             ),
             "kept_fp32": "precision-policy islands and products of two activations",
             "tool": f"onnxruntime.quantization {_ort_version()}",
