@@ -6,7 +6,7 @@ precision per layer, and the layers matched below are pinned to fp32 (``layer.pr
 (:func:`fp32_layer_names`, CPU-testable) and on TensorRT layers (:func:`apply_to_network`), which map back to
 their ONNX node through the parser's ``[ONNX Layer: <node>]`` metadata (or the layer name).
 
-Rules (facts §11/§13, trt-export §4.3-4.5/§4.16), first match wins:
+Rules, first match wins (each keeps a computation whose fp16 range or rounding is known to fail):
 
 * ``sana_linear_attention`` (dit): every node directly in ``/attn1/`` (ReLU, the fp32 Casts, the Pad with
   ones, both MatMuls, the Add of 1e-15 and the Div, the Clip); activations reach 1e5-1e6 and 1e-15 is 0 in
