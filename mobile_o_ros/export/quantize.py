@@ -422,9 +422,11 @@ def quantize_graph_modes(
     force: bool = False,
     log: Log = print,
     min_seconds: float = MIN_TIMING_SECONDS,
+    keep_candidates: bool = False,
 ) -> tuple[dict[str, Any], Path | None]:
     """Write each mode's candidate of one graph into ``folder``, measure it against ``src`` and keep the
-    chosen one (:func:`choose`); returns (the decision with every candidate's figures, the kept file)."""
+    chosen one (:func:`choose`; the others too with ``keep_candidates``); returns (the decision with every
+    candidate's figures and file, the kept file)."""
     g0 = time.perf_counter()
     candidates: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
@@ -436,11 +438,15 @@ def quantize_graph_modes(
         except ValueError as err:
             notes[mode] = str(err)
             continue
-        candidates[mode] = {**compare(src, dst, graph, sample, min_seconds=min_seconds), **info}
+        candidates[mode] = {
+            **compare(src, dst, graph, sample, min_seconds=min_seconds),
+            **info,
+            "file": dst.name,
+        }
         log(f"  {graph} {mode}: cosine {candidates[mode]['cosine']:.4f}, {candidates[mode]['speedup']:.2f}x")
     mode, reason = choose(candidates, min_cosine, min_speedup, force)
     for m in candidates:
-        if m != mode:
+        if m != mode and not keep_candidates:
             _remove(folder / f"{graph}{SUFFIX[m]}")
     chosen = candidates.get(mode, {})
     decision = {
