@@ -138,8 +138,9 @@ def random_runtime_export(config: str, out: Path) -> Path:
     return out
 
 
-def run_row(row: str, work_dir: Path, threads: int) -> dict[str, Any]:
-    """One row: ``embedded`` (the shapes model's export), ``real-0.5b`` or ``tiny`` (random weights)."""
+def row_runtime(row: str, work_dir: Path, threads: int) -> tuple[Any, str]:
+    """The runtime of a bench row and its description: ``embedded`` (the shapes model's export),
+    ``real-0.5b`` or ``tiny`` (random weights, vision + LLM graphs exported once under ``work_dir``)."""
     from mobile_o_ros.runtime.engine import MobileORuntime
     from mobile_o_ros.runtime.ort_backend import OnnxRuntimeBackend
 
@@ -147,13 +148,16 @@ def run_row(row: str, work_dir: Path, threads: int) -> dict[str, Any]:
     if row == "embedded":
         from mobile_o_ros import model_store
 
-        rt = MobileORuntime.load(model_store.export_of(None), **options)
-        model = "embedded shapes model"
-    else:
-        export = random_runtime_export(row, work_dir / f"annotate-{row}")
-        manifest = json.loads((export / "manifest.json").read_text())
-        rt = MobileORuntime(export, manifest, OnnxRuntimeBackend(export, manifest, **options))
-        model = f"{row}, random weights (vision + LLM graphs)"
+        return MobileORuntime.load(model_store.export_of(None), **options), "embedded shapes model"
+    export = random_runtime_export(row, work_dir / f"annotate-{row}")
+    manifest = json.loads((export / "manifest.json").read_text())
+    rt = MobileORuntime(export, manifest, OnnxRuntimeBackend(export, manifest, **options))
+    return rt, f"{row}, random weights (vision + LLM graphs)"
+
+
+def run_row(row: str, work_dir: Path, threads: int) -> dict[str, Any]:
+    """One row: ``embedded`` (the shapes model's export), ``real-0.5b`` or ``tiny`` (random weights)."""
+    rt, model = row_runtime(row, work_dir, threads)
     result = measure(rt, FRAMES[row], threads)
     return {"model": model, "image_size": rt.image_size, **result}
 

@@ -75,21 +75,9 @@ def measure(rt: Any, repeats: int) -> dict[str, Any]:
 
 def run_row(row: str, work_dir: Path, threads: int) -> dict[str, Any]:
     """One row: ``embedded`` (the shapes model's export), ``real-0.5b`` or ``tiny`` (random weights)."""
-    from mobile_o_ros.bench_annotate import random_runtime_export
-    from mobile_o_ros.runtime.engine import MobileORuntime
-    from mobile_o_ros.runtime.ort_backend import OnnxRuntimeBackend
+    from mobile_o_ros.bench_annotate import row_runtime
 
-    options = {"intra_op_num_threads": threads}
-    if row == "embedded":
-        from mobile_o_ros import model_store
-
-        rt = MobileORuntime.load(model_store.export_of(None), **options)
-        model = "embedded shapes model"
-    else:
-        export = random_runtime_export(row, work_dir / f"annotate-{row}")
-        manifest = json.loads((export / "manifest.json").read_text())
-        rt = MobileORuntime(export, manifest, OnnxRuntimeBackend(export, manifest, **options))
-        model = f"{row}, random weights (vision + LLM graphs)"
+    rt, model = row_runtime(row, work_dir, threads)
     try:
         result = measure(rt, REPEATS[row])
     finally:
