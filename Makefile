@@ -88,7 +88,7 @@ lint: setup
 
 clean:
 	rm -rf build install log demo_out bench_out .pytest_cache .ruff_cache *.egg-info
-	rm -rf build-jazzy install-jazzy log-jazzy $(TINY_EXPORT)
+	rm -rf build-jazzy install-jazzy log-jazzy $(TINY_EXPORT) $(TINY_EXPORT)-int8
 	rm -f .venv/.stamp-colcon .venv/.stamp-package .venv-jazzy/.stamp-colcon .venv-jazzy/.stamp-package \
 	 .venv-py310/.stamp-package
 	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

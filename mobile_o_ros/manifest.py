@@ -61,3 +61,9 @@ def is_current(export_dir: str | Path) -> bool:
     except ManifestError:
         return False
     return True
+
+
+def int8_graphs(manifest: dict[str, Any]) -> list[str]:
+    """The graphs of an export whose file is an int8 variant (``mobile-o export --quantize int8``)."""
+    decisions = manifest.get("quantization", {}).get("graphs", {})
+    return [g for g, d in decisions.items() if str(d.get("mode", "")).startswith("int8")]

@@ -170,6 +170,26 @@ def tiny_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="session")
+def tiny_int8_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny export with every graph forced to its QDQ int8 candidate.
+
+    With ``MOBILE_O_TINY_EXPORT`` set (the lanes without torch), a copy of the prebuilt one beside it.
+    """
+    from int8_support import GRAPHS, quantized_copy
+
+    out = tmp_path_factory.mktemp("int8") / "qdq"
+    cached = os.environ.get("MOBILE_O_TINY_EXPORT")
+    if cached:
+        prebuilt = Path(cached).with_name(Path(cached).name + "-int8")
+        if not (prebuilt / "manifest.json").is_file():
+            pytest.fail(f"{prebuilt} holds no int8 export (make tiny-export)")
+        shutil.copytree(prebuilt, out)
+        return out
+    quantized_copy(tiny_export, out, force=list(GRAPHS), modes=("int8-qdq",))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_runtime(tiny_export: Path):
     """The onnxruntime CPU runtime over the tiny export."""
     from mobile_o_ros.runtime.engine import MobileORuntime

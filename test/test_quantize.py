@@ -6,46 +6,31 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import pytest
+from int8_support import GRAPHS, quantized_copy
 from trt_standin import ENV, FakeGraphs, FakeTRT
 
 from mobile_o_ros.export import quantize
 from mobile_o_ros.export.calibration import CalibrationError, folder_set, write_folder
-from mobile_o_ros.manifest import load_manifest
+from mobile_o_ros.manifest import int8_graphs, load_manifest
 from mobile_o_ros.shapes.calibration import shapes_set
 from mobile_o_ros.trt import builder, cache, precision
 from mobile_o_ros.trt import quantized as trt_quantized
 
-GRAPHS = ("vision", "llm", "mcp", "dit", "vae_decoder")
 #: The worst output cosine against fp32 each int8 graph of the tiny random export keeps (measured ≥ 0.99).
 TINY_MIN_COSINE = 0.98
-
-
-def _quantized_copy(src: Path, dst: Path, **options: Any) -> dict[str, Any]:
-    shutil.copytree(src, dst)
-    calibration = shapes_set(items=2, render_size=128)
-    return quantize.quantize_export(dst, calibration, steps=2, min_seconds=0.0, log=lambda s: None, **options)
-
-
-@pytest.fixture(scope="module")
-def qdq_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny export with every graph forced to its QDQ candidate."""
-    out = tmp_path_factory.mktemp("int8") / "qdq"
-    _quantized_copy(tiny_export, out, force=list(GRAPHS), modes=("int8-qdq",))
-    return out
 
 
 @pytest.fixture(scope="module")
 def dynamic_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny export with the llm graph forced to its dynamic candidate (the others fp32)."""
     out = tmp_path_factory.mktemp("int8") / "dynamic"
-    _quantized_copy(tiny_export, out, graphs=["llm"], force=["llm"], modes=("int8-dynamic",))
+    quantized_copy(tiny_export, out, graphs=["llm"], force=["llm"], modes=("int8-dynamic",))
     return out
 
 
@@ -115,15 +100,15 @@ def test_pointwise_convs_as_matmuls_compute_the_same(tiny_export: Path, tmp_path
 
 
 # ------------------------------------------------------------------------------------------- QDQ export
-def test_qdq_graphs_have_qdq_nodes_and_keep_fp32_islands(qdq_export: Path, tiny_export: Path) -> None:
-    manifest = load_manifest(qdq_export, verify_hashes=True)
+def test_qdq_graphs_have_qdq_nodes_and_keep_fp32_islands(tiny_int8_export: Path, tiny_export: Path) -> None:
+    manifest = load_manifest(tiny_int8_export, verify_hashes=True)
     for graph in GRAPHS:
         meta = manifest["graphs"][graph]
         assert meta["file"] == f"{graph}.int8.onnx" and meta["fp32_file"] == f"{graph}.onnx"
-        ops = _ops(qdq_export / meta["file"])
+        ops = _ops(tiny_int8_export / meta["file"])
         assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0, graph
         assert meta["weights_bytes"] < manifest["memory_budget"]["total_weights_bytes"]
-        fed = _dequantized_inputs(qdq_export / meta["file"])
+        fed = _dequantized_inputs(tiny_int8_export / meta["file"])
         model = onnx.load(str(tiny_export / f"{graph}.onnx"), load_external_data=False)
         planned, kept = quantize.plan_nodes(model, graph)
         for name in kept:  # islands and activation products take no int8 input
@@ -133,14 +118,14 @@ def test_qdq_graphs_have_qdq_nodes_and_keep_fp32_islands(qdq_export: Path, tiny_
         assert not softmax, graph
         # TensorRT's fp32 islands stay fp32 ops: same op, no int8 weight (their input may be the dequantized
         # output of a quantized producer)
-        rules = precision.fp32_node_rules(qdq_export / meta["file"], graph)
+        rules = precision.fp32_node_rules(tiny_int8_export / meta["file"], graph)
         assert rules == precision.fp32_node_rules(tiny_export / f"{graph}.onnx", graph), graph
-        weights = _dequantized_inputs(qdq_export / meta["file"], weights_only=True)
+        weights = _dequantized_inputs(tiny_int8_export / meta["file"], weights_only=True)
         assert all(not weights.get(n) for n in rules), graph
 
 
-def test_manifest_records_each_decision(qdq_export: Path, dynamic_export: Path) -> None:
-    q = load_manifest(qdq_export)["quantization"]
+def test_manifest_records_each_decision(tiny_int8_export: Path, dynamic_export: Path) -> None:
+    q = load_manifest(tiny_int8_export)["quantization"]
     assert q["criteria"]["modes_tried"] == ["int8-qdq"] and q["calibration"]["images"] == 2
     assert len(q["load_average"]["before"]) == 3
     for graph in GRAPHS:
@@ -153,16 +138,16 @@ def test_manifest_records_each_decision(qdq_export: Path, dynamic_export: Path) 
     assert set(q["graphs"]["llm"]["candidates"]["int8-qdq"]["timing"]) == {"prefill", "decode"}
     d = load_manifest(dynamic_export)["quantization"]["graphs"]
     assert d["llm"]["mode"] == "int8-dynamic" and d["vision"] == {"mode": "fp32", "reason": "not tried"}
-    assert quantize.quantized_graphs(load_manifest(dynamic_export)) == ["llm"]
+    assert int8_graphs(load_manifest(dynamic_export)) == ["llm"]
 
 
-def test_int8_graphs_run_in_onnxruntime_close_to_fp32(qdq_export: Path, tiny_export: Path) -> None:
+def test_int8_graphs_run_in_onnxruntime_close_to_fp32(tiny_int8_export: Path, tiny_export: Path) -> None:
     from mobile_o_ros.runtime.engine import MobileORuntime
 
     image = np.full((96, 128, 3), 200, np.uint8)
     image[20:60, 30:90] = (220, 30, 30)
     fp32 = MobileORuntime.load(tiny_export, backend="onnxruntime")
-    int8 = MobileORuntime.load(qdq_export, backend="onnxruntime")
+    int8 = MobileORuntime.load(tiny_int8_export, backend="onnxruntime")
     a, b = fp32.encode_image(image), int8.encode_image(image)
     assert not np.array_equal(a, b)  # the int8 file ran
     assert quantize.cosine(a, b) >= TINY_MIN_COSINE
@@ -254,17 +239,17 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeTRT:
     return fake
 
 
-def test_qdq_graphs_build_as_int8_engines(fake_trt: FakeTRT, qdq_export: Path, tmp_path: Path) -> None:
+def test_qdq_graphs_build_as_int8_engines(fake_trt: FakeTRT, tiny_int8_export: Path, tmp_path: Path) -> None:
     from mobile_o_ros.trt import inspect
 
     logs: list[str] = []
-    builder.build_engines(qdq_export, tmp_path / "e", log=logs.append)
+    builder.build_engines(tiny_int8_export, tmp_path / "e", log=logs.append)
     trt = fake_trt.trt
     entries = cache.load_engine_manifest(tmp_path / "e")["engines"]
     for graph, build in zip(GRAPHS, fake_trt.builds, strict=True):
         assert build["onnx"].endswith(f"{graph}.int8.onnx")
         assert {trt.BuilderFlag.INT8, trt.BuilderFlag.FP16} <= build["flags"], graph
-        rules = precision.fp32_node_rules(qdq_export / f"{graph}.int8.onnx", graph)
+        rules = precision.fp32_node_rules(tiny_int8_export / f"{graph}.int8.onnx", graph)
         assert sorted(n.removesuffix("_trt") for n in build["pinned"]) == sorted(rules), graph
         layers = inspect.read_layers((tmp_path / "e" / f"{graph}.fp16.layers.json").read_text())
         assert any(la.precision == "int" for la in layers), graph  # layers behind a DequantizeLinear
@@ -273,22 +258,24 @@ def test_qdq_graphs_build_as_int8_engines(fake_trt: FakeTRT, qdq_export: Path, t
     assert entries["dit.fp16.engine"]["fp32_layers"]["sana_linear_attention"] > 0
     assert any("explicit quantization, INT8 flag" in line for line in logs)
     # fp32 precision: INT8 alone
-    builder.build_engines(qdq_export, tmp_path / "e32", precision="fp32", graphs=["mcp"], log=logs.append)
+    builder.build_engines(
+        tiny_int8_export, tmp_path / "e32", precision="fp32", graphs=["mcp"], log=logs.append
+    )
     assert fake_trt.builds[-1]["flags"] == {trt.BuilderFlag.INT8}
     with pytest.raises(cache.EngineCacheError, match="explicitly quantized"):
         builder.build_engines(
-            qdq_export, tmp_path / "st", graphs=["mcp"], strongly_typed=True, log=logs.append
+            tiny_int8_export, tmp_path / "st", graphs=["mcp"], strongly_typed=True, log=logs.append
         )
 
 
 def test_qdq_build_without_the_int8_flag_fails_on_the_stand_in(
-    fake_trt: FakeTRT, qdq_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_trt: FakeTRT, tiny_int8_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The stand-in refuses Q/DQ layers in a weakly typed build without INT8, as TensorRT does; the builder
     sets it (checked above), so only a builder that forgot it fails."""
     monkeypatch.setattr(trt_quantized, "has_qdq", lambda path: False)
     with pytest.raises(cache.EngineCacheError, match="failed to build"):
-        builder.build_engines(qdq_export, tmp_path / "e", graphs=["mcp"], log=lambda s: None)
+        builder.build_engines(tiny_int8_export, tmp_path / "e", graphs=["mcp"], log=lambda s: None)
     assert fake_trt.failed_builds == ["Q/DQ layers in a weakly typed network without the INT8 flag"]
 
 
@@ -305,17 +292,17 @@ def test_dynamic_graph_engine_is_built_from_its_fp32_file(
     assert again[0].status == "fresh"  # the key is the fp32 file's, as the backend computes it
 
 
-def test_int8_engines_run_in_the_backend(fake_trt: FakeTRT, qdq_export: Path, tmp_path: Path) -> None:
+def test_int8_engines_run_in_the_backend(fake_trt: FakeTRT, tiny_int8_export: Path, tmp_path: Path) -> None:
     from mobile_o_ros.runtime.ort_backend import OnnxRuntimeBackend
     from mobile_o_ros.runtime.trt_backend import TensorRTBackend
 
-    builder.build_engines(qdq_export, tmp_path / "e", graphs=["mcp"], log=lambda s: None)
-    manifest = load_manifest(qdq_export)
+    builder.build_engines(tiny_int8_export, tmp_path / "e", graphs=["mcp"], log=lambda s: None)
+    manifest = load_manifest(tiny_int8_export)
     m = manifest["model"]
     shape = (2, m["mcp_num_layers"], 9, m["hidden_size"])
     feeds = {"hidden_states": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    want = OnnxRuntimeBackend(qdq_export, manifest, graphs=["mcp"]).run("mcp", feeds)["conditioning"]
-    trt = TensorRTBackend(qdq_export, manifest, engine_dir=tmp_path / "e", graphs=["mcp"])
+    want = OnnxRuntimeBackend(tiny_int8_export, manifest, graphs=["mcp"]).run("mcp", feeds)["conditioning"]
+    trt = TensorRTBackend(tiny_int8_export, manifest, engine_dir=tmp_path / "e", graphs=["mcp"])
     try:
         got = trt.run("mcp", feeds)["conditioning"]
     finally:
@@ -359,6 +346,9 @@ def test_bench_allow_loaded_marks_every_row(tmp_path: Path) -> None:
     assert row["loaded"] and row["onnxruntime"]["median_ms"] > 0
     for key in ("machine_before", "machine_after"):
         assert len(row[key]["load_average"]) == 3 and row[key]["cpu_model"] == report["machine"]["cpu_model"]
+    tables = (tmp_path / "bench.md").read_text()
+    assert "Every row is marked loaded (`--allow-loaded`)." in tables
+    assert "| MCP | " in tables and f"at most {cores + 1.0:.2f}" in tables
 
 
 def test_bench_int8_rows_on_tiny(tmp_path: Path) -> None:
@@ -379,10 +369,12 @@ def test_bench_int8_rows_on_tiny(tmp_path: Path) -> None:
     assert "end_to_end" not in section  # only with every graph
 
 
-def test_selftest_takes_an_int8_export(qdq_export: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_selftest_takes_an_int8_export(tiny_int8_export: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mobile_o_ros.cli import main
 
-    assert main(["selftest", str(qdq_export), "--backend", "onnxruntime", "--limit", "3", "--json"]) == 0
+    assert (
+        main(["selftest", str(tiny_int8_export), "--backend", "onnxruntime", "--limit", "3", "--json"]) == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["backend"] == "onnxruntime" and set(result["scores"]) == {"vqa", "generation", "editing"}
     assert result["vqa"]["n"] == 3 and result["editing"]["n"] == 3

@@ -31,6 +31,7 @@ from mobile_o_ros.annotate.decode import DecodeError, decode_message
 from mobile_o_ros.annotate.sources import Frame, InputError, Inputs
 from mobile_o_ros.annotate.tasks import Tasks, read_value
 from mobile_o_ros.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError
+from mobile_o_ros.manifest import int8_graphs
 
 Log = Callable[[str], None]
 #: Longest side of a contact-sheet thumbnail.
@@ -100,12 +101,14 @@ class Sampler:
 
 # ------------------------------------------------------------------------------------------- model
 def model_id(manifest: dict[str, Any], export_dir: Path) -> str:
-    """``name@hash``: the source checkpoint's sha256 (16 hex digits), else the manifest's."""
+    """``name@hash``: the source checkpoint's sha256 (16 hex digits), else the manifest's; with
+    ``+int8:GRAPHS`` when graphs of the export are int8, so a run never mixes fp32 and int8 answers."""
     name = manifest.get("model", {}).get("name", "model")
     sha = (manifest.get("source_checkpoint") or {}).get("sha256")
     if not sha:
         sha = hashlib.sha256((export_dir / "manifest.json").read_bytes()).hexdigest()
-    return f"{name}@{sha[:16]}"
+    int8 = int8_graphs(manifest)
+    return f"{name}@{sha[:16]}" + (f"+int8:{','.join(int8)}" if int8 else "")
 
 
 def load_runtime(model: str | None, backend: str, log: Log) -> Any:
@@ -275,7 +278,8 @@ class StopFlag:
 
 
 # ------------------------------------------------------------------------------------------- run
-def _run_config(options: Options, tasks: Tasks, model: str) -> dict[str, Any]:
+def _run_config(options: Options, tasks: Tasks, model: str, backend: str) -> dict[str, Any]:
+    """What a resumed run must share with the run its folder holds."""
     return {
         "inputs": [str(p.resolve()) for p in options.inputs],
         "tasks_sha256": tasks.sha256,
@@ -285,6 +289,7 @@ def _run_config(options: Options, tasks: Tasks, model: str) -> dict[str, Any]:
         "start": options.start,
         "end": options.end,
         "model": model,
+        "backend": backend,
     }
 
 
@@ -410,7 +415,7 @@ def annotate(options: Options, log: Log) -> dict[str, Any]:
         runtime = load_runtime(options.model, options.backend, log)
         model = model_id(runtime.manifest, runtime.export_dir)
         options.out_dir.mkdir(parents=True, exist_ok=True)
-        config = _run_config(options, tasks, model)
+        config = _run_config(options, tasks, model, runtime.backend.name)
         resuming = check_config(options.out_dir, config)
         writer.write_json(options.out_dir / writer.RUN, config)
         checkpoint = writer.Checkpoint(options.out_dir)

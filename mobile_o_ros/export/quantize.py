@@ -567,9 +567,3 @@ def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-def quantized_graphs(manifest: dict[str, Any]) -> list[str]:
-    """The graphs of an export whose file is an int8 variant."""
-    q = manifest.get("quantization", {}).get("graphs", {})
-    return [g for g, d in q.items() if str(d.get("mode", "")).startswith("int8")]

@@ -55,6 +55,7 @@ class Diagnostics:
             "backend": str(cfg.backend),
             "model": str(state.model_info.get("model", "")),
             "model_dir": str(cfg.model_dir),
+            "int8_graphs": ",".join(state.model_info.get("int8_graphs", [])),
             "busy_policy": stats.policy,
             "max_queue": str(stats.max_queue),
             "queue_depth": str(stats.queued),

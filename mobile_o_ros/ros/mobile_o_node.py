@@ -68,6 +68,12 @@ SERVICE_QOS = QoSProfile(depth=256, reliability=ReliabilityPolicy.RELIABLE, hist
 FEEDBACK_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
+def _precision(model_info: dict[str, Any]) -> str:
+    """``int8: GRAPHS``, or ``no int8 graphs``, for the Configured log line."""
+    int8 = model_info.get("int8_graphs") or []
+    return f"int8: {', '.join(int8)}" if int8 else "no int8 graphs"
+
+
 class MobileONode(LifecycleNode):
     """Lifecycle node serving Mobile-O: ``ask``, ``generate_image``, ``edit_image`` (services + actions)."""
 
@@ -164,7 +170,8 @@ class MobileONode(LifecycleNode):
         s.last_error = ""
         s.label = "inactive"
         log.info(
-            f"{TAG} Configured: model {s.model_info.get('model')} from {s.cfg.model_dir} on "
+            f"{TAG} Configured: model {s.model_info.get('model')} ({_precision(s.model_info)}) from "
+            f"{s.cfg.model_dir} on "
             f"{s.cfg.backend} in {load_s:.2f} s (busy_policy={s.cfg.busy_policy}, "
             f"max_queue={s.cfg.max_queue})"
         )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mobile_o_ros import prompts, validation, vocabulary
-from mobile_o_ros.manifest import load_manifest
+from mobile_o_ros.manifest import int8_graphs, load_manifest
 from mobile_o_ros.model_config import Defaults
 from mobile_o_ros.results import AskResult, CancelCheck, ImageResult, StepCallback, TokenCallback
 from mobile_o_ros.runtime import frame_context
@@ -299,5 +299,6 @@ class MobileORuntime:
         return {
             "model": self.model_info.get("name"),
             "export_dir": str(self.export_dir),
+            "int8_graphs": int8_graphs(self.manifest),
             **self.backend.describe(),
         }
