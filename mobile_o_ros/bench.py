@@ -494,8 +494,8 @@ def run_bench(
     allow_loaded: bool = False,
     load: Any = None,
 ) -> int:
-    """Run the chosen sections (default all of :data:`SECTIONS`) and write ``bench.json`` (and ``bench.png``
-    for the components); returns 0.
+    """Run the chosen sections (default all of :data:`SECTIONS`) and write ``bench.json``, its tables in
+    ``bench.md`` (:mod:`mobile_o_ros.bench_tables`) and, for the components, ``bench.png``; returns 0.
 
     Refuses to start on a loaded machine (:func:`mobile_o_ros.bench_load.check_machine`: a CliError, exit 2)
     unless ``allow_loaded``, which marks every row ``loaded``. ``load``: the load-average source (default
@@ -558,10 +558,13 @@ def run_bench(
     print(f"tensorrt: {report['tensorrt'].get('skipped', 'measured')}")
     report["machine_after"] = snapshot(load)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    from mobile_o_ros.bench_tables import markdown
+
+    (out_dir / "bench.md").write_text(markdown(report))
     if report.get("components"):
         plot(report, out_dir / "bench.png")
     print(
-        f"wrote {out_dir / 'bench.json'}"
+        f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}"
         + (f" and {out_dir / 'bench.png'}" if report.get("components") else "")
     )
     return 0

@@ -144,3 +144,20 @@ def test_topics_services_and_actions_exist_with_their_types(tables, tiny_export:
         node.release()
         node.destroy_node()
         context.try_shutdown()
+
+
+def test_benchmark_tables_are_the_measured_run_and_it_ran_unloaded() -> None:
+    import json
+
+    from mobile_o_ros.bench_tables import markdown
+
+    measured = REPO / "docs" / "measurements" / "bench_real_0.5b_cpu.json"
+    report = json.loads(measured.read_text())
+    text = README_PATH.read_text()
+    start = f"<!-- bench tables: generated from {measured.relative_to(REPO).as_posix()} by "
+    assert start in text, "the README's Benchmarks section lost its generated-tables marker"
+    block = text.split(start, 1)[1].split("\n", 1)[1].split("<!-- end bench tables -->", 1)[0]
+    assert block == markdown(report), "regenerate the tables with mobile_o_ros.bench_tables.markdown"
+    assert report["config"] == "real-0.5b" and not report["load_check"]["allow_loaded"]
+    assert report["machine"]["load_average"][0] <= report["machine"]["cpu_count"] / 2
+    assert set(report["sections"]) == {"components", "int8", "annotate", "ttft"}
