@@ -552,7 +552,8 @@ def run_bench(
         from mobile_o_ros.bench_ttft import ttft_section
 
         before = snapshot(load)
-        rows = ttft_section(out_dir / "onnx", quick, THREADS, timeout)
+        worker = lambda args: _worker(["-m", "mobile_o_ros.bench_ttft", *args], timeout)
+        rows = ttft_section(out_dir / "onnx", quick, THREADS, worker)
         report["ttft"] = mark(rows, before, snapshot(load), allow_loaded)
     report["tensorrt"] = _tensorrt_rows(tensorrt_export)
     print(f"tensorrt: {report['tensorrt'].get('skipped', 'measured')}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,19 +84,15 @@ def run_row(row: str, work_dir: Path, threads: int) -> dict[str, Any]:
     return {"model": model, "image_size": rt.image_size, "threads": threads, **result}
 
 
-def ttft_section(work_dir: Path, quick: bool, threads: int, timeout: float) -> dict[str, Any]:
-    """The section's rows (embedded, then real-0.5b, or tiny with ``quick``), each in its own process."""
+def ttft_section(work_dir: Path, quick: bool, threads: int, worker: Any) -> dict[str, Any]:
+    """The section's rows (embedded, then real-0.5b, or tiny with ``quick``), each from ``worker(args)`` (a
+    subprocess of this module)."""
     rows: dict[str, Any] = {}
     for row in ("embedded", "tiny" if quick else "real-0.5b"):
-        command = [sys.executable, "-m", "mobile_o_ros.bench_ttft", "--row", row, str(work_dir), str(threads)]
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            result = {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-        else:
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            if row != "embedded":
-                result["goal"] = f"warm <= {GOAL_FRACTION:.0%} of cold"
-                result["goal_met"] = result["warm_over_cold"] <= GOAL_FRACTION
+        result = worker(["--row", row, str(work_dir), str(threads)])
+        if "error" not in result and row != "embedded":
+            result["goal"] = f"warm <= {GOAL_FRACTION:.0%} of cold"
+            result["goal_met"] = result["warm_over_cold"] <= GOAL_FRACTION
         rows[row] = result
         if "error" in result:
             print(f"ttft {row:<10} {result['error']}", flush=True)
