@@ -373,7 +373,8 @@ def test_selftest_takes_an_int8_export(tiny_int8_export: Path, capsys: pytest.Ca
     from mobile_o_ros.cli import main
 
     assert (
-        main(["selftest", str(tiny_int8_export), "--backend", "onnxruntime", "--limit", "3", "--json"]) == 0
+        main(["selftest", str(tiny_int8_export), "--limit", "3", "--json"])
+        == 0  # --backend auto: onnxruntime
     )
     result = json.loads(capsys.readouterr().out)
     assert result["backend"] == "onnxruntime" and set(result["scores"]) == {"vqa", "generation", "editing"}

@@ -113,7 +113,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="checkpoint or export folder, or a name: embedded (default), tiny-random",
     )
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnxruntime", "tensorrt"),
+        default="auto",
+        help="auto: torch for a checkpoint folder, onnxruntime for an export folder",
+    )
     p.add_argument(
         "--limit",
         type=int,
