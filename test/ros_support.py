@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,27 @@ class ServerProcess:
         return int(self.returncode)
 
 
+@contextlib.contextmanager
+def running_server(
+    model_dir: str | Path,
+    namespace: str,
+    domain: int,
+    parameters: dict[str, Any],
+    workdir: Path,
+    extra_args: list[str] | None = None,
+    timeout: float = 90.0,
+) -> Iterator[ServerProcess]:
+    """A :class:`ServerProcess` started and active (its log in the assertion when it does not come up),
+    stopped on exit."""
+    srv = ServerProcess(model_dir, namespace, domain, parameters, workdir, extra_args)
+    srv.start()
+    try:
+        assert srv.wait_for_log("[mobile_o] Activated", timeout), srv.log()
+        yield srv
+    finally:
+        srv.stop()
+
+
 class RosSide:
     """The test process's ROS side: a Context on ``domain``, one helper node, an executor thread."""
 
@@ -165,6 +186,12 @@ class RosSide:
             return future.result()
         finally:
             self.node.destroy_client(client)
+
+    def __enter__(self) -> RosSide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stop the executor and shut the context down."""

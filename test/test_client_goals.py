@@ -62,9 +62,8 @@ class StepServer:
 
 @pytest.fixture()
 def ros():
-    side = RosSide(domain_id(MODULE_INDEX), name="mobile_o_goals")
-    yield side
-    side.close()
+    with RosSide(domain_id(MODULE_INDEX), name="mobile_o_goals") as side:
+        yield side
 
 
 @pytest.fixture()

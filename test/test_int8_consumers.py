@@ -90,24 +90,23 @@ def test_serve_answers_from_an_int8_export_as_the_runtime_does(
     pytest.importorskip("rclpy", reason="rclpy not importable (source scripts/env.sh)")
     pytest.importorskip("mobile_o_ros.srv", reason="generated interfaces missing (make setup)")
     from diagnostic_msgs.msg import DiagnosticArray
-    from ros_support import RosSide, ServerProcess, domain_id, wait_until
+    from ros_support import RosSide, domain_id, running_server, wait_until
 
     from mobile_o_ros.ros.client import MobileOClient
 
     domain, ns = domain_id(17), f"/mo_int8_{uuid.uuid4().hex[:6]}"
     params = {"max_new_tokens": 4, "busy_policy": "queue", "max_queue": 4, "diagnostics_period_s": 0.25}
-    server = ServerProcess(tiny_int8_export, ns, domain, params, tmp_path_factory.mktemp("int8_server"))
     image = np.zeros((48, 64, 3), np.uint8)
     image[:, 32:] = (200, 40, 40)
     runtime = MobileORuntime.load(tiny_int8_export, backend="onnxruntime")
-    expected_answer = runtime.ask(image, "what colour is it?", max_new_tokens=4).answer
-    expected_image = runtime.generate("a red circle", steps=1, seed=3).image
-    server.start()
-    ros = None
     try:
-        assert server.wait_for_log("[mobile_o] Activated", 90), server.log()
+        expected_answer = runtime.ask(image, "what colour is it?", max_new_tokens=4).answer
+        expected_image = runtime.generate("a red circle", steps=1, seed=3).image
+    finally:
+        runtime.close()
+    workdir = tmp_path_factory.mktemp("int8_server")
+    with running_server(tiny_int8_export, ns, domain, params, workdir) as server, RosSide(domain) as ros:
         assert f"(int8: {', '.join(GRAPHS)})" in server.log(), server.log()
-        ros = RosSide(domain, "mobile_o_int8")
         arrays = ros.collect(DiagnosticArray, "/diagnostics")
         with MobileOClient(ns, context=ros.context, wait_timeout=30.0) as client:
             resp = client.ask("what colour is it?", image=image, max_new_tokens=4, timeout=60)
@@ -121,11 +120,6 @@ def test_serve_answers_from_an_int8_export_as_the_runtime_does(
             return any(v.get("int8_graphs") == ",".join(GRAPHS) for v in values)
 
         assert wait_until(int8_reported, 15.0), "no /diagnostics status named the int8 graphs"
-    finally:
-        if ros is not None:
-            ros.close()
-        server.stop()
-        runtime.close()
 
 
 # ------------------------------------------------------------------------------------------- demo

@@ -22,7 +22,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from mobile_o_ros.msg import FrameAnnotation  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
-from ros_support import RosSide, ServerProcess, domain_id, wait_until  # noqa: E402
+from ros_support import RosSide, ServerProcess, domain_id, running_server, wait_until  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from mobile_o_ros.annotate import fieldbag, writer  # noqa: E402
@@ -70,21 +70,17 @@ def server(model: Path, bag: Path, tmp_path_factory: pytest.TempPathFactory):
         "max_steps": 1000,
         "diagnostics_period_s": 0.2,
     }
-    srv = ServerProcess(model, NS, DOMAIN, params, tmp_path_factory.mktemp("ros_server_an"))
-    srv.start()
-    try:
-        assert srv.wait_for_log("[mobile_o] Activated", 120), srv.log()
+    with running_server(
+        model, NS, DOMAIN, params, tmp_path_factory.mktemp("ros_server_an"), timeout=120
+    ) as srv:
         assert "[mobile_o] Annotating" in srv.log()
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def ros(server: ServerProcess):
-    side = RosSide(DOMAIN, "mobile_o_an")
-    yield side
-    side.close()
+    with RosSide(DOMAIN, "mobile_o_an") as side:
+        yield side
 
 
 def _front_frames(bag: Path) -> list[Image]:

@@ -23,7 +23,7 @@ from mobile_o_ros.msg import SceneAnswer  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_support import RosSide, ServerProcess, domain_id, wait_until  # noqa: E402
+from ros_support import RosSide, ServerProcess, domain_id, running_server, wait_until  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -54,20 +54,14 @@ RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 @pytest.fixture(scope="module")
 def server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory):
-    srv = ServerProcess(tiny_export, NS, DOMAIN, PARAMS, tmp_path_factory.mktemp("ros_server_ct"))
-    srv.start()
-    try:
-        assert srv.wait_for_log("[mobile_o] Activated", 90), srv.log()
+    with running_server(tiny_export, NS, DOMAIN, PARAMS, tmp_path_factory.mktemp("ros_server_ct")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def ros(server: ServerProcess):
-    side = RosSide(DOMAIN, "mobile_o_ct")
-    yield side
-    side.close()
+    with RosSide(DOMAIN, "mobile_o_ct") as side:
+        yield side
 
 
 @pytest.fixture(scope="module")

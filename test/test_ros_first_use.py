@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.timeout(600)]
 pytest.importorskip("rclpy", reason="rclpy not importable (source scripts/env.sh)")
 pytest.importorskip("mobile_o_ros.srv", reason="generated interfaces missing (make setup)")
 
-from ros_support import LOOPBACK_ENV, ServerProcess, domain_id  # noqa: E402
+from ros_support import LOOPBACK_ENV, ServerProcess, domain_id, running_server  # noqa: E402
 
 MODULE_INDEX = 6
 DOMAIN = domain_id(MODULE_INDEX)
@@ -58,13 +58,8 @@ def vocab_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def server(vocab_export: Path, tmp_path_factory: pytest.TempPathFactory):
     params = {"max_new_tokens": 2, "busy_policy": "queue", "max_queue": 4, "default_steps": 1}
-    srv = ServerProcess(vocab_export, NS, DOMAIN, params, tmp_path_factory.mktemp("first_use_server"))
-    srv.start()
-    try:
-        assert srv.wait_for_log("[mobile_o] Activated", 90), srv.log()
+    with running_server(vocab_export, NS, DOMAIN, params, tmp_path_factory.mktemp("first_use_server")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_an_unclosed_client_exits_cleanly(server: ServerProcess) -> None:

@@ -31,6 +31,7 @@ from ros_support import (  # noqa: E402
     RosSide,
     ServerProcess,
     domain_id,
+    running_server,
     serve_command,
     wait_until,
 )
@@ -57,20 +58,14 @@ PARAMS = {
 
 @pytest.fixture(scope="module")
 def server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory):
-    srv = ServerProcess(tiny_export, NS, DOMAIN, PARAMS, tmp_path_factory.mktemp("ros_server_warm"))
-    srv.start()
-    try:
-        assert srv.wait_for_log("[mobile_o] Activated", 90), srv.log()
+    with running_server(tiny_export, NS, DOMAIN, PARAMS, tmp_path_factory.mktemp("ros_server_warm")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def ros(server: ServerProcess):
-    side = RosSide(DOMAIN, "mobile_o_warm")
-    yield side
-    side.close()
+    with RosSide(DOMAIN, "mobile_o_warm") as side:
+        yield side
 
 
 @pytest.fixture(scope="module")
