@@ -3,7 +3,8 @@
 A question about a warm camera frame answers exactly as a cold one (an inline copy of the same pixels, and
 the same frame with warming off) and says so in ``warm_frame``; every answer reports
 ``time_to_first_token_ms`` (service and action); ``/diagnostics`` shows each camera's warm state and the warm
-frame's age; ``warm_rate_hz`` 0 turns warming off at run time.
+frame's age; ``warm_rate_hz`` 0 turns warming off at run time; the continuous question starts from the warm
+frame and answers as a cold question does.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ pytest.importorskip("mobile_o_ros.srv", reason="generated interfaces missing (ma
 
 from action_msgs.msg import GoalStatus  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from mobile_o_ros.msg import SceneAnswer  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from ros_support import (  # noqa: E402
     LOOPBACK_ENV,
     RosSide,
@@ -117,10 +120,17 @@ def publish(pub, rgb: np.ndarray, sec: int, diagnostics) -> Image:
     return msg
 
 
-def set_rate(ros: RosSide, hz: float) -> None:
-    value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=hz)
-    req = SetParameters.Request(parameters=[Parameter(name="warm_rate_hz", value=value)])
+def set_parameter(ros: RosSide, name: str, value: float | str) -> None:
+    if isinstance(value, str):
+        typed = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+    else:
+        typed = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(value))
+    req = SetParameters.Request(parameters=[Parameter(name=name, value=typed)])
     assert ros.call(SetParameters, f"{NS}/mobile_o/set_parameters", req).results[0].successful
+
+
+def set_rate(ros: RosSide, hz: float) -> None:
+    set_parameter(ros, "warm_rate_hz", hz)
 
 
 def test_a_warm_frame_answers_as_a_cold_one(client, front, diagnostics) -> None:
@@ -197,3 +207,21 @@ def test_ros_ask_json_reports_both(front, diagnostics) -> None:
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["warm_frame"] is True and 0 < info["time_to_first_token_ms"] <= info["latency_ms"]
+
+
+def test_the_continuous_question_starts_from_the_warm_frame(client, ros, front, diagnostics) -> None:
+    rgb = picture(7)
+    publish(front, rgb, 107, diagnostics)
+    assert wait_until(lambda: diagnostics().get(f"warm.{FRONT}") == "warm", 30.0), diagnostics()
+    cold = client.ask(QUESTION, image=rgb)
+    hits = int(diagnostics()["warm_hits"])
+    answers = ros.collect(
+        SceneAnswer, f"{NS}/answer", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    )
+    set_parameter(ros, "continuous_question", QUESTION)
+    try:
+        assert wait_until(lambda: len(answers) >= 2, 30.0), diagnostics()
+    finally:
+        set_parameter(ros, "continuous_question", "")
+    assert all(m.answer == cold.answer and m.header.stamp.sec == 107 for _, m in answers[:2]), answers
+    assert wait_until(lambda: int(diagnostics()["warm_hits"]) >= hits + 2, 5.0), diagnostics()

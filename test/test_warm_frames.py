@@ -159,6 +159,23 @@ def test_a_warm_question_prefills_only_its_own_tokens(tiny_export, worker) -> No
     assert _warm_now(warm, worker, rt) == 0 and log == [f"llm:{out.prompt_tokens - prefix}"]  # nothing new
 
 
+def test_a_frame_seen_through_context_of_stays_warm(tiny_export, worker) -> None:
+    """The continuous question and the live annotation take their frame through ``context_of``: the first
+    use sees it (vision pass and prefix), keeps it warm, and the next use calls no graph."""
+    log: list[str] = []
+    rt = MobileORuntime.load(tiny_export)
+    rt.backend = LoggingBackend(rt.backend, log)
+    _, cameras, warm = _parts(rt, worker)
+    frame = _publish(cameras, FRONT, _picture(2))
+    context, was_warm = worker.submit("seen", lambda _c: warm.context_of(rt, FRONT, frame, None)).result(60)
+    assert not was_warm and warm.is_warm(FRONT, frame) and warm.counts.hits == 0
+    assert log == ["vision", f"llm:{context.prefix_len}"]
+    log.clear()
+    again, was_warm = worker.submit("seen", lambda _c: warm.context_of(rt, FRONT, frame, None)).result(60)
+    assert was_warm and again is context and log == [] and warm.counts.hits == 1
+    assert _warm_now(warm, worker, rt) == 0 and log == []  # nothing left for the timer
+
+
 def test_a_request_preempts_warming_within_one_graph_call(tiny_export, worker) -> None:
     """A request accepted during the warming's vision call runs before the warming's next graph call (the
     prefix prefill); the next warming picks up from the vision tokens it kept."""

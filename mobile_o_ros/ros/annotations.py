@@ -1,7 +1,8 @@
 """Live annotation: the questions of a tasks file (``annotation_tasks``) about every camera's latest frame.
 
 At ``annotation_rate_hz`` per camera, a new frame is seen once (the runtime's ``frame`` + ``ask_about``, as
-``mobile-o annotate`` does offline, greedy and seeded) and each answer is published as a ``FrameAnnotation``
+``mobile-o annotate`` does offline, greedy and seeded; with warm frames on, the camera's warm frame when it
+is this one, :class:`~mobile_o_ros.ros.warm.WarmFrames`) and each answer is published as a ``FrameAnnotation``
 on ``annotations`` with the frame's header; a frame that cannot be decoded gets one with ``error`` per task.
 When a bool answer differs from the camera's previous one, the annotation is also published on
 ``annotation_events``.
@@ -22,9 +23,9 @@ from typing import Any
 
 from mobile_o_ros.annotate.tasks import Tasks, TasksError, load_tasks, read_value, value_text
 from mobile_o_ros.msg import FrameAnnotation
-from mobile_o_ros.ros import images
-from mobile_o_ros.ros.frames import Cameras
+from mobile_o_ros.ros.frames import Cameras, Frame
 from mobile_o_ros.ros.state import TAG, NodeState
+from mobile_o_ros.ros.warm import WarmFrames
 from mobile_o_ros.ros.worker import BusyError, JobCancelled, Worker, WorkerStopped
 from mobile_o_ros.validation import InvalidRequest
 
@@ -44,7 +45,15 @@ class CameraCounts:
 class LiveAnnotation:
     """The ``annotations`` and ``annotation_events`` publishers and one timer per camera."""
 
-    def __init__(self, node: Any, state: NodeState, worker: Worker, cameras: Cameras, group: Any) -> None:
+    def __init__(
+        self,
+        node: Any,
+        state: NodeState,
+        worker: Worker,
+        cameras: Cameras,
+        group: Any,
+        warm: WarmFrames | None = None,
+    ) -> None:
         self._node, self._state, self._worker, self._cameras, self._group = (
             node,
             state,
@@ -52,6 +61,7 @@ class LiveAnnotation:
             cameras,
             group,
         )
+        self._warm = warm
         self.tasks: Tasks | None = None
         self._pub: Any = None
         self._events: Any = None
@@ -138,10 +148,9 @@ class LiveAnnotation:
                 counts.skipped_busy += 1
                 return
             self._busy.add(camera)
-        msg, index, received = frame.msg, frame.count - 1, frame.received
 
         def work(should_cancel: Any) -> None:
-            self._annotate(model, tasks, camera, msg, index, received, should_cancel)
+            self._annotate(model, tasks, camera, frame, should_cancel)
 
         try:
             job = self._worker.submit("annotate", work, background=True)
@@ -166,10 +175,10 @@ class LiveAnnotation:
         if err is not None and not isinstance(err, (JobCancelled, WorkerStopped)):
             self._node.get_logger().warning(f"{TAG} annotation of a frame from {camera} failed: {err}")
 
-    def _annotate(
-        self, model: Any, tasks: Tasks, camera: str, msg: Any, index: int, received: float, should_cancel: Any
-    ) -> None:
-        """Runs on the worker: decode, see once, ask every question, publish each answer as it comes."""
+    def _annotate(self, model: Any, tasks: Tasks, camera: str, frame: Frame, should_cancel: Any) -> None:
+        """Runs on the worker: decode, see once (or take the camera's warm frame when it is this one), ask
+        every question, publish each answer as it comes."""
+        msg, index, received = frame.msg, frame.count - 1, frame.received
         header = msg.header
         from_log_time = header.stamp.sec == 0 and header.stamp.nanosec == 0
         if from_log_time:  # a zero stamp: the frame's receive time instead, and the message says so
@@ -195,15 +204,16 @@ class LiveAnnotation:
             return out
 
         counts = self._counts[camera]
+        warm = self._warm if self._warm is not None and self._warm.enabled else None
         try:
-            rgb = images.to_rgb_any(msg, f"frame from camera {camera!r}")
+            rgb = Cameras.pixels(frame, camera) if warm is None else warm.pixels_unless_warm(camera, frame)
         except InvalidRequest as err:
             for q in tasks.questions:
                 publish(q, "", None, str(err))
             with self._lock:
                 counts.failed += 1
             return
-        context = model.frame(rgb)
+        context = model.frame(rgb) if warm is None else warm.context_of(model, camera, frame, rgb)[0]
         for q in tasks.questions:
             if should_cancel():
                 raise JobCancelled("annotation preempted by a request")

@@ -2,7 +2,9 @@
 
 Each answer is published as a ``SceneAnswer`` on ``answer``. The question runs as a background job: only
 when the worker is idle, and it yields to requests. While the last one still runs, a tick is deferred to
-its end (one at most), so a slow answer delays the next instead of skipping it.
+its end (one at most), so a slow answer delays the next instead of skipping it. With warm frames on, it
+starts from the camera's warm frame when that is the latest one, and leaves its own frame warm
+(:class:`~mobile_o_ros.ros.warm.WarmFrames`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from mobile_o_ros.ros import outcomes
 from mobile_o_ros.ros.frames import Cameras
 from mobile_o_ros.ros.requests import Requests
 from mobile_o_ros.ros.state import TAG, NodeState
+from mobile_o_ros.ros.warm import WarmFrames
 from mobile_o_ros.ros.worker import BusyError, Job, JobCancelled, Worker, WorkerStopped
 from mobile_o_ros.validation import InvalidRequest
 
@@ -31,8 +34,10 @@ class ContinuousQuestion:
         cameras: Cameras,
         requests: Requests,
         group: Any,
+        warm: WarmFrames | None = None,
     ) -> None:
         self._node = node
+        self._warm = warm
         self._state = state
         self._worker = worker
         self._cameras = cameras
@@ -99,8 +104,10 @@ class ContinuousQuestion:
         if not question or model is None:
             return
         log = self._node.get_logger()
+        warm = self._warm if self._warm is not None and self._warm.enabled else None
         try:
-            rgb, header, cam = self._cameras.latest(str(state.cfg.continuous_camera))
+            frame, cam = self._cameras.latest_frame(str(state.cfg.continuous_camera))
+            rgb = Cameras.pixels(frame, cam) if warm is None else warm.pixels_unless_warm(cam, frame)
         except InvalidRequest as err:
             log.warning(f"{TAG} continuous question skipped: {err}", throttle_duration_sec=5.0)
             return
@@ -110,18 +117,20 @@ class ContinuousQuestion:
                 f"{TAG} continuous question: {model.vocabulary.warning(unknown)}", throttle_duration_sec=60.0
             )
         n_new = self._requests.max_new_tokens(model, 0)
+
+        def answer(should_cancel: Any) -> Any:
+            if warm is None:
+                return model.ask(rgb, question, max_new_tokens=n_new, should_cancel=should_cancel)
+            options = {"max_new_tokens": n_new, "should_cancel": should_cancel}
+            return warm.ask(model, cam, frame, rgb, question, **options)[0]
+
         t0 = time.monotonic()
         try:
-            job = self._worker.submit(
-                "continuous",
-                lambda should_cancel: model.ask(
-                    rgb, question, max_new_tokens=n_new, should_cancel=should_cancel
-                ),
-                background=True,
-            )
+            job = self._worker.submit("continuous", answer, background=True)
         except (BusyError, WorkerStopped):
             return  # a request is running or queued: requests come first
         self._job = job
+        header = frame.msg.header
         job.future.add_done_callback(lambda fut: self._on_done(fut, header, cam, question, t0))
 
     def _on_done(self, fut: Any, header: Any, camera: str, question: str, t0: float) -> None:

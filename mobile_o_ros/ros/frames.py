@@ -141,11 +141,15 @@ class Cameras:
             )
         return frame, cam
 
+    @staticmethod
+    def pixels(frame: Frame, camera: str) -> np.ndarray:
+        """The RGB pixels of a frame of ``camera``, or InvalidRequest (it cannot be decoded)."""
+        return images.to_rgb_any(frame.msg, f"frame from camera {camera!r}")
+
     def latest(self, camera: str) -> tuple[np.ndarray, Any, str]:
         """(RGB pixels, header, camera) of a camera's latest frame, or InvalidRequest."""
         frame, cam = self.latest_frame(camera)
-        rgb = images.to_rgb_any(frame.msg, f"frame from camera {cam!r}")
-        return rgb, frame.msg.header, cam
+        return self.pixels(frame, cam), frame.msg.header, cam
 
     def source_image(self, inline: Any, camera: str) -> tuple[np.ndarray, Any, str]:
         """The request's inline image when it carries one, else the camera's latest frame."""

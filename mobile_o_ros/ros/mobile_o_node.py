@@ -93,9 +93,11 @@ class MobileONode(LifecycleNode):
         self._requests = Requests(self, self._state, self._worker, self._cameras, self._warm)
         self._goals = Goals(self, self._requests)
         self._continuous = ContinuousQuestion(
-            self, self._state, self._worker, self._cameras, self._requests, group
+            self, self._state, self._worker, self._cameras, self._requests, group, warm=self._warm
         )
-        self._annotation = LiveAnnotation(self, self._state, self._worker, self._cameras, group)
+        self._annotation = LiveAnnotation(
+            self, self._state, self._worker, self._cameras, group, warm=self._warm
+        )
         self._diagnostics = Diagnostics(
             self._state, self._worker, self._cameras, self._annotation.diagnostics, warm=self._warm
         )

@@ -163,7 +163,7 @@ class Requests:
         that frame, else seen now and kept warm. A frame that is not warm is decoded here, so an
         undecodable one is refused before it queues."""
         frame, cam = self._cameras.latest_frame(req.camera)
-        rgb = None if warm.is_warm(cam, frame) else images.to_rgb_any(frame.msg, f"frame from camera {cam!r}")
+        rgb = warm.pixels_unless_warm(cam, frame)
 
         def run(should_cancel: Callable[[], bool]) -> Any:
             out, progress.warm_frame = warm.ask(

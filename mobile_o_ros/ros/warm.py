@@ -12,7 +12,9 @@ One warm frame is kept per camera, the newest one seen.
 A question about a camera's latest frame (:meth:`WarmFrames.ask`) starts from the warm frame when it is
 that very frame (the same received message of the same camera) and prefills only the question's tokens.
 Otherwise it sees the frame itself (``frame_of_tokens`` after the vision pass, then ``ask_about``) and keeps
-it as the camera's warm frame. Either way the answer is the one ``ask`` gives, token for token.
+it as the camera's warm frame. Either way the answer is the one ``ask`` gives, token for token. The
+continuous question and the live annotation take their frame the same way (:meth:`WarmFrames.context_of`),
+so a frame is seen once whoever asks about it first.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from mobile_o_ros.ros import images
 from mobile_o_ros.ros.frames import Cameras, Frame
 from mobile_o_ros.ros.state import TAG, NodeState
 from mobile_o_ros.ros.worker import BusyError, Job, Worker, WorkerStopped
@@ -47,7 +48,8 @@ class WarmEntry:
 
 @dataclass
 class WarmCounts:
-    """Frames warmed, questions that found theirs warm, and warming jobs stopped by a request."""
+    """Frames warmed, uses of a frame that found it warm (a question, the continuous question, a live
+    annotation), and warming jobs stopped by a request."""
 
     encoded: int = 0
     hits: int = 0
@@ -169,7 +171,7 @@ class WarmFrames:
             entry = self.entry(cam)
             if entry is None or entry.frame is not frame:
                 try:
-                    rgb = images.to_rgb_any(frame.msg, f"frame from camera {cam!r}")
+                    rgb = Cameras.pixels(frame, cam)
                 except InvalidRequest:
                     with self._lock:
                         self._undecodable[cam] = frame
@@ -189,26 +191,41 @@ class WarmFrames:
             done += 1
         return done
 
-    def ask(
-        self, model: Any, camera: str, frame: Frame, rgb: np.ndarray | None, question: str, **options: Any
-    ) -> tuple[Any, bool]:
-        """Answer ``question`` about ``frame``, the latest of ``camera``: (the model's AskResult, whether the
-        frame was warm). ``rgb``: the frame's pixels when already decoded (decoded here otherwise); options
-        as :meth:`~mobile_o_ros.runtime.engine.MobileORuntime.ask_about`. Runs on the worker thread."""
+    def context_of(self, model: Any, camera: str, frame: Frame, rgb: np.ndarray | None) -> tuple[Any, bool]:
+        """The frame context (vision tokens and the prompt prefix's KV cache) of ``frame``, the latest of
+        ``camera``, and whether it was warm. The warm one when it is that very frame; otherwise the frame is
+        seen now and kept as the camera's warm frame. ``rgb``: the frame's pixels when already decoded
+        (decoded here otherwise). Runs on the worker thread."""
         entry = self.entry(camera)
         if entry is not None and entry.frame is frame and entry.context is not None:
             with self._lock:
                 self.counts.hits += 1
-            return model.ask_about(entry.context, question, **options), True
+            return entry.context, True
         if entry is None or entry.frame is not frame:
             if rgb is None:
-                rgb = images.to_rgb_any(frame.msg, f"frame from camera {camera!r}")
+                rgb = Cameras.pixels(frame, camera)
             entry = WarmEntry(frame, model.encode_image(rgb))
         context = model.frame_of_tokens(entry.image_embeds)
         with self._lock:
             entry.context = context
         self._keep(camera, entry)
-        return model.ask_about(context, question, **options), False
+        return context, False
+
+    def ask(
+        self, model: Any, camera: str, frame: Frame, rgb: np.ndarray | None, question: str, **options: Any
+    ) -> tuple[Any, bool]:
+        """Answer ``question`` about ``frame``, the latest of ``camera``: (the model's AskResult, whether the
+        frame was warm). ``rgb`` as :meth:`context_of`; options as
+        :meth:`~mobile_o_ros.runtime.engine.MobileORuntime.ask_about`. Runs on the worker thread."""
+        context, was_warm = self.context_of(model, camera, frame, rgb)
+        return model.ask_about(context, question, **options), was_warm
+
+    def pixels_unless_warm(self, camera: str, frame: Frame) -> np.ndarray | None:
+        """None when warming is on and ``frame`` is the camera's warm frame, else its decoded pixels
+        (InvalidRequest when it cannot be decoded): what :meth:`context_of` needs."""
+        if self.enabled and self.is_warm(camera, frame):
+            return None
+        return Cameras.pixels(frame, camera)
 
     def entry(self, camera: str) -> WarmEntry | None:
         """The camera's warm frame (None when it has none)."""
