@@ -24,7 +24,7 @@ LANE_ENV := unset VIRTUAL_ENV PYTHONPATH PYTHONSAFEPATH AMENT_PREFIX_PATH CMAKE_
 help:
 	@echo "make setup     build .venv (pinned requirements), /opt/python include links, colcon build"
 	@echo "make test      run the test suite (pytest test -q -rfEs) and report skipped tests"
-	@echo "make test-fast the unit tests: no ROS 2 node or DDS server, no GPU, no training (under a minute)"
+	@echo "make test-fast the unit tests: no ROS 2 node or DDS server, no GPU, no training (about 1.5 min on 2 cores)"
 	@echo "make test-gpu  run only the GPU tests (pytest -m gpu)"
 	@echo "make gpu-first-run  mobile-o gpu-report: what the first TensorRT GPU must answer (gpu_report/)"
 	@echo "make test-py310  the torch-free runtime tier on Python 3.10 + numpy 1.26 (.venv-py310)"
