@@ -176,6 +176,21 @@ def test_a_frame_seen_through_context_of_stays_warm(tiny_export, worker) -> None
     assert _warm_now(warm, worker, rt) == 0 and log == []  # nothing left for the timer
 
 
+def test_with_warming_off_context_of_sees_the_frame_and_keeps_nothing(tiny_export, worker) -> None:
+    log: list[str] = []
+    rt = MobileORuntime.load(tiny_export)
+    rt.backend = LoggingBackend(rt.backend, log)
+    _, cameras, warm = _parts(rt, worker, warm_rate_hz=0.0)
+    frame = _publish(cameras, FRONT, _picture(3))
+    for _ in range(2):
+        log.clear()
+        context, was_warm = worker.submit("seen", lambda _c: warm.context_of(rt, FRONT, frame, None)).result(
+            60
+        )
+        assert not was_warm and log == ["vision", f"llm:{context.prefix_len}"]
+    assert warm.entry(FRONT) is None and warm.counts.hits == 0
+
+
 def test_a_request_preempts_warming_within_one_graph_call(tiny_export, worker) -> None:
     """A request accepted during the warming's vision call runs before the warming's next graph call (the
     prefix prefill); the next warming picks up from the vision tokens it kept."""

@@ -52,7 +52,7 @@ class LiveAnnotation:
         worker: Worker,
         cameras: Cameras,
         group: Any,
-        warm: WarmFrames | None = None,
+        warm: WarmFrames,
     ) -> None:
         self._node, self._state, self._worker, self._cameras, self._group = (
             node,
@@ -204,16 +204,15 @@ class LiveAnnotation:
             return out
 
         counts = self._counts[camera]
-        warm = self._warm if self._warm is not None and self._warm.enabled else None
         try:
-            rgb = Cameras.pixels(frame, camera) if warm is None else warm.pixels_unless_warm(camera, frame)
+            rgb = self._warm.pixels_unless_warm(camera, frame)
         except InvalidRequest as err:
             for q in tasks.questions:
                 publish(q, "", None, str(err))
             with self._lock:
                 counts.failed += 1
             return
-        context = model.frame(rgb) if warm is None else warm.context_of(model, camera, frame, rgb)[0]
+        context = self._warm.context_of(model, camera, frame, rgb)[0]
         for q in tasks.questions:
             if should_cancel():
                 raise JobCancelled("annotation preempted by a request")

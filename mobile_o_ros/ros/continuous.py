@@ -34,7 +34,7 @@ class ContinuousQuestion:
         cameras: Cameras,
         requests: Requests,
         group: Any,
-        warm: WarmFrames | None = None,
+        warm: WarmFrames,
     ) -> None:
         self._node = node
         self._warm = warm
@@ -104,10 +104,10 @@ class ContinuousQuestion:
         if not question or model is None:
             return
         log = self._node.get_logger()
-        warm = self._warm if self._warm is not None and self._warm.enabled else None
+        warm = self._warm
         try:
             frame, cam = self._cameras.latest_frame(str(state.cfg.continuous_camera))
-            rgb = Cameras.pixels(frame, cam) if warm is None else warm.pixels_unless_warm(cam, frame)
+            rgb = warm.pixels_unless_warm(cam, frame)
         except InvalidRequest as err:
             log.warning(f"{TAG} continuous question skipped: {err}", throttle_duration_sec=5.0)
             return
@@ -119,8 +119,6 @@ class ContinuousQuestion:
         n_new = self._requests.max_new_tokens(model, 0)
 
         def answer(should_cancel: Any) -> Any:
-            if warm is None:
-                return model.ask(rgb, question, max_new_tokens=n_new, should_cancel=should_cancel)
             options = {"max_new_tokens": n_new, "should_cancel": should_cancel}
             return warm.ask(model, cam, frame, rgb, question, **options)[0]
 

@@ -194,8 +194,10 @@ class WarmFrames:
     def context_of(self, model: Any, camera: str, frame: Frame, rgb: np.ndarray | None) -> tuple[Any, bool]:
         """The frame context (vision tokens and the prompt prefix's KV cache) of ``frame``, the latest of
         ``camera``, and whether it was warm. The warm one when it is that very frame; otherwise the frame is
-        seen now and kept as the camera's warm frame. ``rgb``: the frame's pixels when already decoded
-        (decoded here otherwise). Runs on the worker thread."""
+        seen now and kept as the camera's warm frame; with warming off, seen now and not kept. ``rgb``: the
+        frame's pixels when already decoded (decoded here otherwise). Runs on the worker thread."""
+        if not self.enabled:
+            return model.frame(Cameras.pixels(frame, camera) if rgb is None else rgb), False
         entry = self.entry(camera)
         if entry is not None and entry.frame is frame and entry.context is not None:
             with self._lock:
