@@ -32,7 +32,6 @@ import atexit
 import collections
 import contextlib
 import dataclasses
-import enum
 import functools
 import math
 import threading
@@ -46,7 +45,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from mobile_o_ros.ros import images, rclpy_compat
-from mobile_o_ros.ros.outcomes import Status
+from mobile_o_ros.ros.outcomes import NamedIntEnum, Status
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -67,7 +66,7 @@ class ClientError(RuntimeError):
     """The server is unreachable, a goal was rejected, or a wait timed out."""
 
 
-class GoalStatus(enum.IntEnum):
+class GoalStatus(NamedIntEnum):
     """An action goal's final status: the ``action_msgs/GoalStatus`` values, printed by name.
 
     Equal to the integers of ``action_msgs.msg.GoalStatus`` (``GoalStatus.CANCELED == 5``), and
@@ -88,15 +87,6 @@ class GoalStatus(enum.IntEnum):
     STATUS_SUCCEEDED = 4
     STATUS_CANCELED = 5
     STATUS_ABORTED = 6
-
-    def __str__(self) -> str:
-        return self.name
-
-    def __repr__(self) -> str:
-        return self.name
-
-    def __format__(self, spec: str) -> str:
-        return format(self.name, spec)
 
 
 # ==================================================================================== requests

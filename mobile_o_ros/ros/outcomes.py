@@ -15,15 +15,8 @@ from mobile_o_ros.ros.worker import BusyError, JobCancelled, WorkerStopped
 from mobile_o_ros.validation import InvalidRequest
 
 
-class Status(enum.IntEnum):
-    """The ``status`` constants of every result, printed by name (``Status.BUSY == 1``)."""
-
-    OK = 0
-    BUSY = 1
-    NOT_ACTIVE = 2
-    INVALID = 3
-    CANCELLED = 4
-    FAILED = 5
+class NamedIntEnum(enum.IntEnum):
+    """An IntEnum that prints, formats and reprs as its name."""
 
     def __str__(self) -> str:
         return self.name
@@ -33,6 +26,17 @@ class Status(enum.IntEnum):
 
     def __format__(self, spec: str) -> str:
         return format(self.name, spec)
+
+
+class Status(NamedIntEnum):
+    """The ``status`` constants of every result, printed by name (``Status.BUSY == 1``)."""
+
+    OK = 0
+    BUSY = 1
+    NOT_ACTIVE = 2
+    INVALID = 3
+    CANCELLED = 4
+    FAILED = 5
 
 
 class NotActive(InvalidRequest):
