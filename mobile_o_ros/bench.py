@@ -539,22 +539,16 @@ def run_bench(
         )
     if "int8" in chosen:
         report["int8"] = _int8_section(config, onnx_dir, quick, allow_loaded)
-    if "annotate" in chosen:
-        from mobile_o_ros.bench_annotate import annotate_section
-        from mobile_o_ros.bench_load import mark
+    from mobile_o_ros.bench_annotate import annotate_section
+    from mobile_o_ros.bench_load import mark
+    from mobile_o_ros.bench_ttft import ttft_section
 
-        before = snapshot(load)
-        worker = lambda args: _worker(["-m", "mobile_o_ros.bench_annotate", *args], timeout)
-        rows = annotate_section(out_dir / "onnx", quick, THREADS, worker)
-        report["annotate"] = mark(rows, before, snapshot(load), allow_loaded)
-    if "ttft" in chosen:
-        from mobile_o_ros.bench_load import mark
-        from mobile_o_ros.bench_ttft import ttft_section
-
-        before = snapshot(load)
-        worker = lambda args: _worker(["-m", "mobile_o_ros.bench_ttft", *args], timeout)
-        rows = ttft_section(out_dir / "onnx", quick, THREADS, worker)
-        report["ttft"] = mark(rows, before, snapshot(load), allow_loaded)
+    for name, section in (("annotate", annotate_section), ("ttft", ttft_section)):
+        if name in chosen:  # each row in a subprocess of the section's module
+            before = snapshot(load)
+            worker = lambda args, module=section.__module__: _worker(["-m", module, *args], timeout)
+            rows = section(out_dir / "onnx", quick, THREADS, worker)
+            report[name] = mark(rows, before, snapshot(load), allow_loaded)
     report["tensorrt"] = _tensorrt_rows(tensorrt_export)
     print(f"tensorrt: {report['tensorrt'].get('skipped', 'measured')}")
     report["machine_after"] = snapshot(load)

@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ QUESTIONS = (
 )
 #: Tokens per answer.
 ANSWER_TOKENS = 2
-#: Frames per way, per row (real size, embedded, quick).
+#: The rows of this section and of ``ttft``: the embedded model, real size, and tiny (``--quick``).
+ROWS = ("embedded", "real-0.5b", "tiny")
+#: Frames per way, per row.
 FRAMES = {"real-0.5b": 2, "embedded": 16, "tiny": 2}
 
 
@@ -162,34 +165,42 @@ def run_row(row: str, work_dir: Path, threads: int) -> dict[str, Any]:
     return {"model": model, "image_size": rt.image_size, **result}
 
 
-def annotate_section(work_dir: Path, quick: bool, threads: int, worker: Any) -> dict[str, Any]:
-    """The section's rows, each from ``worker(args)`` (a subprocess of this module)."""
+def run_section(
+    name: str, work_dir: Path, quick: bool, threads: int, worker: Any, line: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
+    """The rows of a section of this kind (``annotate``, ``ttft``): the embedded model, then ``real-0.5b``
+    (``tiny`` with ``quick``), each from ``worker(args)`` (a subprocess running :func:`row_main`), printed
+    as ``line(row)`` or its error."""
     rows = {}
     for row in ("embedded", "tiny" if quick else "real-0.5b"):
         result = worker(["--row", row, str(work_dir), str(threads)])
         rows[row] = result
-        if "error" in result:
-            print(f"annotate {row:<10} {result['error']}", flush=True)
-        else:
-            print(
-                f"annotate {row:<10} {result['independent_frames_per_s']:.3f} -> "
-                f"{result['shared_frames_per_s']:.3f} frames/s with {len(QUESTIONS)} questions "
-                f"({result['speedup']}x; answers identical: "
-                f"{result['answers_identical']})",
-                flush=True,
-            )
+        print(f"{name} {row:<10} {result['error'] if 'error' in result else line(result)}", flush=True)
     return rows
 
 
-def _main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobile_o_ros.bench_annotate")
-    parser.add_argument("--row", required=True, choices=("embedded", "real-0.5b", "tiny"))
+def row_main(prog: str, run: Callable[[str, Path, int], dict[str, Any]], argv: list[str]) -> int:
+    """A row's subprocess: ``--row ROW WORK_DIR THREADS``; prints ``run``'s row as one JSON line."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--row", required=True, choices=ROWS)
     parser.add_argument("work_dir")
     parser.add_argument("threads", type=int)
     args = parser.parse_args(argv)
-    print(json.dumps(run_row(args.row, Path(args.work_dir), args.threads)))
+    print(json.dumps(run(args.row, Path(args.work_dir), args.threads)))
     return 0
 
 
+def _line(row: dict[str, Any]) -> str:
+    return (
+        f"{row['independent_frames_per_s']:.3f} -> {row['shared_frames_per_s']:.3f} frames/s with "
+        f"{len(QUESTIONS)} questions ({row['speedup']}x; answers identical: {row['answers_identical']})"
+    )
+
+
+def annotate_section(work_dir: Path, quick: bool, threads: int, worker: Any) -> dict[str, Any]:
+    """The section's rows, each from ``worker(args)`` (a subprocess of this module)."""
+    return run_section("annotate", work_dir, quick, threads, worker, _line)
+
+
 if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))
+    raise SystemExit(row_main("python -m mobile_o_ros.bench_annotate", run_row, sys.argv[1:]))

@@ -15,8 +15,6 @@ time) and says whether the cold and warm first tokens were the same. Each row ru
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -81,40 +79,29 @@ def run_row(row: str, work_dir: Path, threads: int) -> dict[str, Any]:
         result = measure(rt, REPEATS[row])
     finally:
         rt.close()
+    if row != "embedded":
+        result["goal"] = f"warm <= {GOAL_FRACTION:.0%} of cold"
+        result["goal_met"] = result["warm_over_cold"] <= GOAL_FRACTION
     return {"model": model, "image_size": rt.image_size, "threads": threads, **result}
+
+
+def _line(row: dict[str, Any]) -> str:
+    return (
+        f"cold {row['cold_ms']:9.1f} ms   warm {row['warm_ms']:8.1f} ms "
+        f"({row['warm_over_cold']:.1%} of cold; warming {row['warming_ms']:.1f} ms; "
+        f"first tokens identical: {row['first_tokens_identical']})"
+    )
 
 
 def ttft_section(work_dir: Path, quick: bool, threads: int, worker: Any) -> dict[str, Any]:
     """The section's rows (embedded, then real-0.5b, or tiny with ``quick``), each from ``worker(args)`` (a
     subprocess of this module)."""
-    rows: dict[str, Any] = {}
-    for row in ("embedded", "tiny" if quick else "real-0.5b"):
-        result = worker(["--row", row, str(work_dir), str(threads)])
-        if "error" not in result and row != "embedded":
-            result["goal"] = f"warm <= {GOAL_FRACTION:.0%} of cold"
-            result["goal_met"] = result["warm_over_cold"] <= GOAL_FRACTION
-        rows[row] = result
-        if "error" in result:
-            print(f"ttft {row:<10} {result['error']}", flush=True)
-        else:
-            print(
-                f"ttft {row:<10} cold {result['cold_ms']:9.1f} ms   warm {result['warm_ms']:8.1f} ms "
-                f"({result['warm_over_cold']:.1%} of cold; warming {result['warming_ms']:.1f} ms; "
-                f"first tokens identical: {result['first_tokens_identical']})",
-                flush=True,
-            )
-    return rows
+    from mobile_o_ros.bench_annotate import run_section
 
-
-def _main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobile_o_ros.bench_ttft")
-    parser.add_argument("--row", required=True, choices=tuple(REPEATS))
-    parser.add_argument("work_dir")
-    parser.add_argument("threads", type=int)
-    args = parser.parse_args(argv)
-    print(json.dumps(run_row(args.row, Path(args.work_dir), args.threads)))
-    return 0
+    return run_section("ttft", work_dir, quick, threads, worker, _line)
 
 
 if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))
+    from mobile_o_ros.bench_annotate import row_main
+
+    raise SystemExit(row_main("python -m mobile_o_ros.bench_ttft", run_row, sys.argv[1:]))
