@@ -190,6 +190,18 @@ def tiny_int8_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def vocab_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny export (links to its files) that ships the shapes world's vocabulary."""
+    from mobile_o_ros.shapes.vocabulary import write_vocabulary
+
+    out = tmp_path_factory.mktemp("vocab_export")
+    for f in tiny_export.iterdir():
+        (out / f.name).symlink_to(f)
+    write_vocabulary(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_runtime(tiny_export: Path):
     """The onnxruntime CPU runtime over the tiny export."""
     from mobile_o_ros.runtime.engine import MobileORuntime

@@ -210,18 +210,6 @@ def test_backend_load_errors_are_one_line(
     assert len(err) == 1 and err[0].startswith("mobile-o: error:") and message in err[0], err
 
 
-@pytest.fixture(scope="module")
-def vocab_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny export (linked files) shipping the shapes world's vocabulary."""
-    from mobile_o_ros.shapes.vocabulary import write_vocabulary
-
-    out = tmp_path_factory.mktemp("vocab_export")
-    for f in tiny_export.iterdir():
-        (out / f.name).symlink_to(f)
-    write_vocabulary(out)
-    return out
-
-
 def test_words_the_model_never_saw_are_named_and_it_still_runs(
     vocab_export: Path, image_file: Path, tmp_path: Path, capsys
 ) -> None:

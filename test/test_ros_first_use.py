@@ -44,18 +44,6 @@ print("success", response.success)
 
 
 @pytest.fixture(scope="module")
-def vocab_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny export (linked files) shipping the shapes world's vocabulary."""
-    from mobile_o_ros.shapes.vocabulary import write_vocabulary
-
-    out = tmp_path_factory.mktemp("vocab_export")
-    for f in tiny_export.iterdir():
-        (out / f.name).symlink_to(f)
-    write_vocabulary(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def server(vocab_export: Path, tmp_path_factory: pytest.TempPathFactory):
     params = {"max_new_tokens": 2, "busy_policy": "queue", "max_queue": 4, "default_steps": 1}
     with running_server(vocab_export, NS, DOMAIN, params, tmp_path_factory.mktemp("first_use_server")) as srv:

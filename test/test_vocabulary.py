@@ -67,16 +67,6 @@ def test_the_export_copies_and_records_the_vocabulary(tmp_path: Path) -> None:
     assert vocabulary.unknown_words(export, "a dog") == ["dog"]
 
 
-@pytest.fixture(scope="module")
-def vocab_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny export (links to its files) that ships the shapes world's vocabulary."""
-    out = tmp_path_factory.mktemp("vocab_export")
-    for f in tiny_export.iterdir():
-        (out / f.name).symlink_to(f)
-    write_vocabulary(out)
-    return out
-
-
 def test_the_runtime_names_unknown_words(vocab_export: Path, tiny_export: Path) -> None:
     from mobile_o_ros.runtime.engine import MobileORuntime
 
