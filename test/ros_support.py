@@ -7,6 +7,7 @@ importable without rclpy (rclpy is imported by :class:`RosSide`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -187,6 +188,16 @@ class RosSide:
         finally:
             self.node.destroy_client(client)
 
+    @contextlib.contextmanager
+    def client(self, namespace: str, wait: float = 30.0) -> Iterator[Any]:
+        """A ``MobileOClient`` for the node under ``namespace`` on this context, its services up; closed on
+        exit."""
+        from mobile_o_ros.ros.client import MobileOClient
+
+        with MobileOClient(namespace, context=self.context, wait_timeout=wait) as client:
+            assert client.wait_for_services(wait), f"the services under {namespace} did not appear"
+            yield client
+
     def __enter__(self) -> RosSide:
         return self
 
@@ -209,3 +220,12 @@ def wait_until(pred: Callable[[], bool], timeout: float, period: float = 0.05) -
             return True
         time.sleep(period)
     return bool(pred())
+
+
+def report_metrics(module: str, metrics: dict[str, Any]) -> None:
+    """Print a test module's figures as one JSON line, and append it to ``$MOBILE_O_ROS_METRICS`` if set."""
+    line = json.dumps({"module": module, **metrics})
+    print("\nROS metrics:", line)
+    if os.environ.get("MOBILE_O_ROS_METRICS"):
+        with open(os.environ["MOBILE_O_ROS_METRICS"], "a") as f:
+            f.write(line + "\n")

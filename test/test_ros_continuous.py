@@ -4,7 +4,6 @@ question, ``busy_policy: reject``, the incompatible-QoS warning and parameter va
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -23,12 +22,11 @@ from mobile_o_ros.msg import SceneAnswer  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_support import RosSide, ServerProcess, domain_id, running_server, wait_until  # noqa: E402
+from ros_support import RosSide, ServerProcess, domain_id, report_metrics, running_server, wait_until  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from mobile_o_ros.ros import images  # noqa: E402
-from mobile_o_ros.ros.client import MobileOClient  # noqa: E402
 
 MODULE_INDEX = 2
 DOMAIN = domain_id(MODULE_INDEX)
@@ -66,15 +64,9 @@ def ros(server: ServerProcess):
 
 @pytest.fixture(scope="module")
 def client(ros: RosSide):
-    c = MobileOClient(NS, context=ros.context, wait_timeout=30.0)
-    assert c.wait_for_services(30.0)
-    yield c
-    c.close()
-    line = json.dumps({"module": __name__, **METRICS})
-    print("\nROS metrics:", line)
-    if os.environ.get("MOBILE_O_ROS_METRICS"):
-        with open(os.environ["MOBILE_O_ROS_METRICS"], "a") as f:
-            f.write(line + "\n")
+    with ros.client(NS) as c:
+        yield c
+    report_metrics(__name__, METRICS)
 
 
 @pytest.fixture(scope="module")

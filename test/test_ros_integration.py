@@ -39,6 +39,7 @@ from ros_support import (  # noqa: E402
     RosSide,
     ServerProcess,
     domain_id,
+    report_metrics,
     running_server,
     serve_command,
     wait_until,
@@ -85,15 +86,9 @@ def ros(server: ServerProcess):
 
 @pytest.fixture(scope="module")
 def client(ros: RosSide):
-    c = MobileOClient(NS, context=ros.context, wait_timeout=30.0)
-    assert c.wait_for_services(30.0), "services did not appear"
-    yield c
-    c.close()
-    line = json.dumps({"module": __name__, **METRICS})
-    print("\nROS metrics:", line)
-    if os.environ.get("MOBILE_O_ROS_METRICS"):
-        with open(os.environ["MOBILE_O_ROS_METRICS"], "a") as f:
-            f.write(line + "\n")
+    with ros.client(NS) as c:
+        yield c
+    report_metrics(__name__, METRICS)
 
 
 @pytest.fixture(scope="module")

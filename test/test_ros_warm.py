@@ -42,7 +42,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from mobile_o_ros.ros import images  # noqa: E402
-from mobile_o_ros.ros.client import MobileOClient, Status  # noqa: E402
+from mobile_o_ros.ros.client import Status  # noqa: E402
 
 MODULE_INDEX = 7
 DOMAIN = domain_id(MODULE_INDEX)
@@ -73,10 +73,8 @@ def ros(server: ServerProcess):
 
 @pytest.fixture(scope="module")
 def client(ros: RosSide):
-    c = MobileOClient(NS, context=ros.context, wait_timeout=30.0)
-    assert c.wait_for_services(30.0)
-    yield c
-    c.close()
+    with ros.client(NS) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
