@@ -28,8 +28,12 @@ INT8_LABELS = {
     "dit": "DiT step",
     "vae_decoder": "VAE",
 }
-#: The two models of the annotate and ttft sections.
-MODEL_LABELS = {"embedded": "embedded shapes model", "real-0.5b": "real-size 0.5B, random weights"}
+#: The models of the annotate and ttft sections (``tiny`` with ``--quick``).
+MODEL_LABELS = {
+    "embedded": "embedded shapes model",
+    "real-0.5b": "real-size 0.5B, random weights",
+    "tiny": "tiny, random weights",
+}
 
 
 def _ms(value: float | None) -> str:
@@ -40,6 +44,11 @@ def _ms(value: float | None) -> str:
 
 def _ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
+
+
+def _failed(label: str, error: str, columns: int) -> list[str]:
+    """The row of a part that failed: its label, the error, empty cells."""
+    return [label, f"error: {error}", *[""] * (columns - 2)]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -86,11 +95,15 @@ def components_table(report: dict[str, Any]) -> str:
         row = report.get("components", {}).get(name)
         if row is None:
             continue
+        label = label.format(prefill=settings["prefill_tokens"], steps=settings["generation_steps"])
+        if "error" in row:
+            rows.append(_failed(label, row["error"], 5))
+            continue
         torch, ort = row.get("torch", {}), row.get("onnxruntime", {})
         rss = f"{torch.get('peak_rss_mb', 0):,.0f} / {ort.get('peak_rss_mb', 0):,.0f} MB"
         rows.append(
             [
-                label.format(prefill=settings["prefill_tokens"], steps=settings["generation_steps"]),
+                label,
                 _ms(torch.get("median_ms")),
                 _ms(ort.get("median_ms")),
                 _ratio(row.get("speedup_onnxruntime_vs_torch")),
@@ -106,6 +119,9 @@ def int8_table(report: dict[str, Any]) -> str:
     for name, label in INT8_LABELS.items():
         graph = report.get("int8", {}).get("graphs", {}).get(name)
         if graph is None:
+            continue
+        if "error" in graph:
+            rows.append(_failed(label, graph["error"], 4))
             continue
         candidates = graph.get("candidates", {})
         kinds = list(next(iter(candidates.values()), {}).get("timing", {}))
@@ -158,6 +174,9 @@ def annotate_table(report: dict[str, Any]) -> str:
         r = report.get("annotate", {}).get(name)
         if r is None:
             continue
+        if "error" in r:
+            rows.append(_failed(label, r["error"], 7))
+            continue
         rows.append(
             [
                 label,
@@ -188,6 +207,9 @@ def ttft_table(report: dict[str, Any]) -> str:
         r = report.get("ttft", {}).get(name)
         if r is None:
             continue
+        if "error" in r:
+            rows.append(_failed(label, r["error"], 6))
+            continue
         rows.append(
             [
                 label,
@@ -203,7 +225,8 @@ def ttft_table(report: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """Every table the report has sections for, each under a bold title, after :func:`machine_line`."""
+    """Every table the report has sections for, each under a bold title, after :func:`machine_line`; a part
+    or section that failed shows its error."""
     parts = [machine_line(report)]
     sections = [
         ("components", "Components, torch eager against onnxruntime (median)", components_table),
@@ -213,6 +236,8 @@ def markdown(report: dict[str, Any]) -> str:
         ("ttft", "Time to first token", ttft_table),
     ]
     for key, title, table in sections:
-        if report.get(key):
-            parts.append(f"**{title}**\n\n{table(report)}")
+        section = report.get(key)
+        if section:
+            body = f"error: {section['error']}" if "error" in section else table(report)
+            parts.append(f"**{title}**\n\n{body}")
     return "\n\n".join(parts) + "\n"
