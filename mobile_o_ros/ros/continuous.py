@@ -119,8 +119,9 @@ class ContinuousQuestion:
         n_new = self._requests.max_new_tokens(model, 0)
 
         def answer(should_cancel: Any) -> Any:
-            options = {"max_new_tokens": n_new, "should_cancel": should_cancel}
-            return warm.ask(model, cam, frame, rgb, question, **options)[0]
+            return warm.ask(
+                model, cam, frame, rgb, question, max_new_tokens=n_new, should_cancel=should_cancel
+            )[0]
 
         t0 = time.monotonic()
         try:
